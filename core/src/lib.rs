@@ -1,0 +1,81 @@
+//! # onerecord-tls
+//!
+//! A sans-I/O TLS handshake engine for the ONE Record air-cargo data network, over rustls'
+//! *unbuffered* connection API (ring provider). It enforces the ONE Record TLS policy: TLS
+//! 1.2 minimum, strong suites only, a trusted CA list, mTLS when asked, certificate expiry and
+//! revocation (CRLs), identity allow-lists, session resumption, and the verified peer identity
+//! handed to the application before any application byte.
+//!
+//! The core never touches a socket, a thread, a clock or a file: bytes in, bytes out, events
+//! up, time passed in. It is `#![no_std]` + `alloc`; the default `std` feature adds file
+//! loading and `Time::now()`.
+//!
+//! ```
+//! use onerecord_tls::{ClientPolicy, Event, ServerPolicy, Session, Time, TrustStore};
+//! # let ca = rcgen::CertifiedIssuer::self_signed(rcgen::CertificateParams::new(Vec::<String>::new())?, rcgen::KeyPair::generate()?)?;
+//! # let leaf_key = rcgen::KeyPair::generate()?;
+//! # let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&leaf_key, &ca)?;
+//! # let (ca_pem, cert_chain) = (ca.pem().into_bytes(), vec![leaf.der().clone()]);
+//! # let key = onerecord_tls::pki::PrivateKey::Pkcs8(leaf_key.serialize_der().into());
+//! # let now = Time::now();
+//!
+//! let server_policy = ServerPolicy::builder(cert_chain, key).build(now)?.into_set();
+//! let client_policy = ClientPolicy::builder(TrustStore::from_pem(&ca_pem)?).build(now)?;
+//! let mut server = Session::server(&server_policy, now);
+//! let mut client = Session::client(&client_policy, "localhost", now)?;
+//!
+//! // The caller's event loop: move bytes between the two (a socket in real life).
+//! for _ in 0..10 {
+//!     client.process(now, |_| {})?;
+//!     let n = server.receive(client.transmit());
+//!     client.transmitted(n);
+//!     server.process(now, |event| {
+//!         if let Event::Established(peer) = event {
+//!             assert_eq!(peer.server_name.as_deref(), Some("localhost"));
+//!         }
+//!     })?;
+//!     let n = client.receive(server.transmit());
+//!     server.transmitted(n);
+//! }
+//! assert!(client.is_established() && server.is_established());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Modules: [`policy`] (the rules), [`pki`] (loading), [`identity`] (the verified peer),
+//! [`session`] (the state machine and its run loop), [`hello`] (admission before crypto),
+//! [`resumption`] (tickets and caches), [`buffer`], [`error`], [`stats`], [`time`].
+
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+mod backend;
+pub mod buffer;
+pub mod error;
+pub mod hello;
+pub mod identity;
+pub mod pki;
+pub mod policy;
+pub mod resumption;
+pub mod session;
+pub mod stats;
+mod sync;
+pub mod time;
+
+pub use error::{Alert, ConfigError, Error, Failure, Reason, SendError, Warning};
+pub use identity::{CertInfo, HandshakeKind, IdentityRule, PeerIdentity, Sha256};
+pub use pki::TrustStore;
+pub use policy::{
+    CipherSuite, ClientAuth, ClientPolicy, Group, Revocation, ServerPolicies, ServerPolicy,
+    TlsVersion, UnknownStatus, Versions,
+};
+pub use resumption::{ClientSessionCache, ServerSessionCache, TicketKeys};
+pub use session::{Event, Session};
+pub use stats::Stats;
+pub use time::Time;

@@ -1,0 +1,242 @@
+//! Loading certificates, keys, CA bundles and CRLs.
+//!
+//! PEM is parsed by `rustls-pki-types` (no hand-written parser here). Every loader names what
+//! it was reading in its error; the `*_file` variants (feature `std`) also name the file.
+
+use alloc::string::ToString;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use pki_types::pem::{self, PemObject};
+use pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+use crate::error::ConfigError;
+
+pub use pki_types::{CertificateDer as Certificate, PrivateKeyDer as PrivateKey};
+
+/// Certificate revocation list in DER.
+pub type Crl = CertificateRevocationListDer<'static>;
+
+fn pem_error(what: &'static str, e: pem::Error) -> ConfigError {
+    ConfigError::Pem {
+        what,
+        detail: alloc::format!("{e:?}"),
+    }
+}
+
+/// Every certificate in a PEM input (other sections, such as keys, are skipped).
+///
+/// Fails with [`ConfigError::NoCertificate`] when there is none.
+pub fn certificates_from_pem(
+    pem: &[u8],
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(what, e))?;
+    if certs.is_empty() {
+        return Err(ConfigError::NoCertificate { what });
+    }
+    Ok(certs)
+}
+
+/// The first private key in a PEM input: PKCS#8 (`PRIVATE KEY`), SEC1 (`EC PRIVATE KEY`) or
+/// PKCS#1 (`RSA PRIVATE KEY`).
+pub fn private_key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    match PrivateKeyDer::from_pem_slice(pem) {
+        Ok(k) => Ok(k),
+        Err(pem::Error::NoItemsFound) => Err(ConfigError::NoPrivateKey),
+        Err(e) => Err(pem_error("private key", e)),
+    }
+}
+
+/// CRLs from PEM (`X509 CRL` sections, any number) or from a single DER CRL.
+pub fn crls_from_pem_or_der(input: &[u8]) -> Result<Vec<Crl>, ConfigError> {
+    if looks_like_pem(input) {
+        let crls = CertificateRevocationListDer::pem_slice_iter(input)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem_error("CRL", e))?;
+        if crls.is_empty() {
+            return Err(ConfigError::BadCrl {
+                index: 0,
+                detail: "no X509 CRL section".to_string(),
+            });
+        }
+        Ok(crls)
+    } else if input.first() == Some(&0x30) {
+        Ok(alloc::vec![CertificateRevocationListDer::from(
+            input.to_vec()
+        )])
+    } else {
+        Err(ConfigError::BadCrl {
+            index: 0,
+            detail: "neither PEM nor DER".to_string(),
+        })
+    }
+}
+
+fn looks_like_pem(input: &[u8]) -> bool {
+    input.windows(11).any(|w| w == b"-----BEGIN ")
+}
+
+/// The trusted CA list: the only certificates a peer's chain may lead to.
+///
+/// There are no built-in or system roots; an empty store is refused when a policy is built.
+/// Cloning is cheap (the anchors are shared).
+#[derive(Clone, Debug)]
+pub struct TrustStore {
+    pub(crate) roots: Arc<rustls::RootCertStore>,
+}
+
+impl Default for TrustStore {
+    fn default() -> Self {
+        Self {
+            roots: Arc::new(rustls::RootCertStore::empty()),
+        }
+    }
+}
+
+impl TrustStore {
+    /// An empty store. Add anchors before building a policy with it.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The CA certificates of a PEM bundle. Every certificate must be usable as an anchor.
+    pub fn from_pem(bundle: &[u8]) -> Result<Self, ConfigError> {
+        let mut store = Self::new();
+        store.add_pem(bundle)?;
+        Ok(store)
+    }
+
+    /// Add the CA certificates of a PEM bundle.
+    pub fn add_pem(&mut self, bundle: &[u8]) -> Result<usize, ConfigError> {
+        let certs = certificates_from_pem(bundle, "CA bundle")?;
+        let n = certs.len();
+        for (index, der) in certs.into_iter().enumerate() {
+            self.add_der(der).map_err(|e| match e {
+                ConfigError::BadTrustAnchor { detail, .. } => {
+                    ConfigError::BadTrustAnchor { index, detail }
+                }
+                other => other,
+            })?;
+        }
+        Ok(n)
+    }
+
+    /// Add one DER CA certificate.
+    pub fn add_der(&mut self, der: CertificateDer<'_>) -> Result<(), ConfigError> {
+        Arc::make_mut(&mut self.roots)
+            .add(der.into_owned())
+            .map_err(|e| ConfigError::BadTrustAnchor {
+                index: 0,
+                detail: e.to_string(),
+            })
+    }
+
+    /// Number of anchors.
+    pub fn len(&self) -> usize {
+        self.roots.len()
+    }
+
+    /// `true` when there is no anchor.
+    pub fn is_empty(&self) -> bool {
+        self.roots.is_empty()
+    }
+
+    pub(crate) fn checked(&self) -> Result<Arc<rustls::RootCertStore>, ConfigError> {
+        if self.is_empty() {
+            return Err(ConfigError::EmptyTrustStore);
+        }
+        Ok(self.roots.clone())
+    }
+}
+
+#[cfg(feature = "std")]
+mod files {
+    use super::*;
+    use alloc::string::String;
+    use std::path::Path;
+
+    fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
+        std::fs::read(path).map_err(|e| ConfigError::Io {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    fn name(path: &Path) -> String {
+        path.display().to_string()
+    }
+
+    /// [`certificates_from_pem`] on a file.
+    pub fn certificates_from_file(
+        path: impl AsRef<Path>,
+    ) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+        let path = path.as_ref();
+        certificates_from_pem(&read(path)?, "certificate file").map_err(|e| e.in_file(name(path)))
+    }
+
+    /// [`private_key_from_pem`] on a file.
+    pub fn private_key_from_file(
+        path: impl AsRef<Path>,
+    ) -> Result<PrivateKeyDer<'static>, ConfigError> {
+        let path = path.as_ref();
+        private_key_from_pem(&read(path)?).map_err(|e| e.in_file(name(path)))
+    }
+
+    /// [`crls_from_pem_or_der`] on a file.
+    pub fn crls_from_file(path: impl AsRef<Path>) -> Result<Vec<Crl>, ConfigError> {
+        let path = path.as_ref();
+        crls_from_pem_or_der(&read(path)?).map_err(|e| e.in_file(name(path)))
+    }
+
+    impl TrustStore {
+        /// [`TrustStore::from_pem`] on a file.
+        pub fn from_pem_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+            let path = path.as_ref();
+            Self::from_pem(&read(path)?).map_err(|e| e.in_file(name(path)))
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+pub use files::{certificates_from_file, crls_from_file, private_key_from_file};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_without_certificate_is_named_error() {
+        let err = certificates_from_pem(b"hello", "server chain").unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::NoCertificate {
+                what: "server chain"
+            }
+        );
+        assert_eq!(
+            private_key_from_pem(b"").unwrap_err(),
+            ConfigError::NoPrivateKey
+        );
+    }
+
+    #[test]
+    fn empty_trust_store_is_refused() {
+        assert_eq!(
+            TrustStore::new().checked().unwrap_err(),
+            ConfigError::EmptyTrustStore
+        );
+        assert!(TrustStore::from_pem(b"").is_err());
+    }
+
+    #[test]
+    fn crl_input_must_be_pem_or_der() {
+        assert!(matches!(
+            crls_from_pem_or_der(b"xx"),
+            Err(ConfigError::BadCrl { .. })
+        ));
+        assert_eq!(crls_from_pem_or_der(&[0x30, 0x00]).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,111 @@
+//! Time as an input.
+//!
+//! The core never reads a clock. Every time-dependent call takes a [`Time`]: wall-clock time
+//! in milliseconds since the Unix epoch. It serves two purposes at once: certificate validity
+//! (seconds are enough) and deadlines such as the handshake timeout (milliseconds).
+
+use core::fmt;
+use core::time::Duration;
+
+use pki_types::UnixTime;
+
+/// A point in wall-clock time, in milliseconds since the Unix epoch.
+///
+/// The caller reads its clock (`Time::now()` with `std`, an RTC on a device) and passes the
+/// value in. Going backwards is allowed: nothing in the engine assumes monotonic input, a
+/// deadline simply fires later.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Time(u64);
+
+impl Time {
+    /// The Unix epoch, 1970-01-01T00:00:00Z.
+    pub const UNIX_EPOCH: Self = Self(0);
+
+    /// A time `millis` milliseconds after the Unix epoch.
+    pub const fn from_unix_millis(millis: u64) -> Self {
+        Self(millis)
+    }
+
+    /// A time `secs` seconds after the Unix epoch.
+    pub const fn from_unix_secs(secs: u64) -> Self {
+        Self(secs.saturating_mul(1000))
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub const fn as_unix_millis(self) -> u64 {
+        self.0
+    }
+
+    /// Whole seconds since the Unix epoch.
+    pub const fn as_unix_secs(self) -> u64 {
+        self.0 / 1000
+    }
+
+    /// The current system time.
+    #[cfg(feature = "std")]
+    pub fn now() -> Self {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self::from(since)
+    }
+
+    /// This time plus `d`, saturating at the far future.
+    pub fn saturating_add(self, d: Duration) -> Self {
+        Self(self.0.saturating_add(duration_millis(d)))
+    }
+
+    /// The time from `earlier` to `self`, zero if `earlier` is later.
+    pub fn saturating_duration_since(self, earlier: Self) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+
+    /// The same instant as rustls/webpki see it (whole seconds).
+    pub fn to_unix_time(self) -> UnixTime {
+        UnixTime::since_unix_epoch(Duration::from_secs(self.as_unix_secs()))
+    }
+}
+
+fn duration_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl From<Duration> for Time {
+    /// `d` after the Unix epoch.
+    fn from(d: Duration) -> Self {
+        Self(duration_millis(d))
+    }
+}
+
+impl From<UnixTime> for Time {
+    fn from(t: UnixTime) -> Self {
+        Self::from_unix_secs(t.as_secs())
+    }
+}
+
+impl fmt::Display for Time {
+    /// `1732406400.123` style: seconds since the epoch with milliseconds.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:03}", self.0 / 1000, self.0 % 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_and_millis_round_trip() {
+        let t = Time::from_unix_millis(1_700_000_000_250);
+        assert_eq!(t.as_unix_secs(), 1_700_000_000);
+        assert_eq!(t.to_unix_time().as_secs(), 1_700_000_000);
+        assert_eq!(
+            t.saturating_add(Duration::from_millis(750)),
+            Time::from_unix_secs(1_700_000_001)
+        );
+        assert_eq!(
+            Time::from_unix_secs(5).saturating_duration_since(Time::from_unix_secs(7)),
+            Duration::ZERO
+        );
+    }
+}
