@@ -434,6 +434,16 @@ impl ServerPolicyBuilder {
         self
     }
 
+    /// Share the ticket keys and the session cache of `previous`, so that sessions made
+    /// under it keep resuming under the policy being built (a reload with a new
+    /// certificate, anchors or CRLs). Pass explicit keys with [`Self::tickets`] afterwards
+    /// to replace the keys only.
+    pub fn resumption_from(mut self, previous: &ServerPolicy) -> Self {
+        self.tickets = previous.0.builder.tickets.clone();
+        self.session_cache = previous.0.builder.session_cache.clone();
+        self
+    }
+
     /// Check everything and build the policy. `now` is used to check the own certificate's
     /// validity (expired: error; expiring within the warning window: [`ServerPolicy::warnings`]).
     pub fn build(self, now: Time) -> Result<ServerPolicy, ConfigError> {

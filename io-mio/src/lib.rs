@@ -1,8 +1,65 @@
-//! mio adapter for `onerecord-tls`: TLS/mTLS server, outbound client and the
-//! `onerecord-gateway` binary.
+//! mio adapter for [`onerecord_tls`]: a multi-worker TLS/mTLS server (terminating to an
+//! in-process [`Service`] or a TCP upstream with an optional PROXY protocol v2 header), the
+//! plain-to-TLS forwarder used by the gateway's client mode, and an outbound client with a
+//! session cache and a pool of kept-alive connections.
 //!
-//! Not written yet: this crate is a placeholder in the workspace and exports nothing. Until
-//! it lands, drive [`onerecord_tls::Session`] from your own event loop (see its run-loop docs).
+//! # Server in a few lines
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use onerecord_tls::{ServerPolicy, Time, pki};
+//! use onerecord_tls_mio::{Backend, IdentityResponder, Limits, Listener, Mode, ServerConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let chain = pki::certificates_from_file("server.pem")?;
+//! let key = pki::private_key_from_file("server.key")?;
+//! let policy = ServerPolicy::builder(chain, key).build(Time::now())?;
+//! let server = onerecord_tls_mio::start(ServerConfig {
+//!     listeners: vec![Listener {
+//!         addr: "127.0.0.1:8443".parse()?,
+//!         mode: Mode::Terminate {
+//!             policies: policy.into_set(),
+//!             backend: Backend::Service(Arc::new(IdentityResponder)),
+//!         },
+//!     }],
+//!     workers: 0,
+//!     limits: Limits::default(),
+//! })?;
+//! println!("listening on {:?}", server.local_addrs());
+//! server.join();
+//! # Ok(()) }
+//! ```
+//!
+//! # How a connection is driven
+//!
+//! Every worker owns a `mio::Poll`, one `SO_REUSEPORT` socket per listener (the kernel spreads
+//! new connections over the workers) and a slab of connections whose tokens carry a
+//! generation. Sockets are registered once for read and write readiness (mio is
+//! edge-triggered): the adapter remembers readiness, reads and writes until `WouldBlock`, and
+//! stops reading a side whose output is backed up (backpressure) without re-registering.
+//! Each wakeup runs the core session's drain order: read, `process`, route events, send, write.
+//! Deadlines (handshake, idle, linger) live in a per-worker heap; the poll timeout is the
+//! nearest one.
+//!
+//! Memory per connection is bounded by the session's buffers (incoming at most
+//! [`onerecord_tls::buffer::DEFAULT_MAX_INCOMING`], outgoing at most
+//! [`onerecord_tls::buffer::DEFAULT_MAX_OUTGOING`]) plus [`Limits::max_buffered`] per
+//! direction of plaintext; idle established connections give their buffers back.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod client;
+pub mod http;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod service;
+mod table;
+pub mod tickets;
+
+pub use client::{Client, ClientStream};
+pub use http::IdentityResponder;
+pub use metrics::{Counters, Metrics, Snapshot};
+pub use server::{Backend, Limits, Listener, Mode, ServerConfig, ServerHandle, start};
+pub use service::{Handler, Peer, Reply, Service, ServiceFn};

@@ -1,0 +1,473 @@
+//! `onerecord-gateway`: a TLS/mTLS terminating proxy with ONE Record defaults.
+//!
+//! - `server`: terminate TLS (mTLS with `--client-ca --require-client-cert`), forward the
+//!   plaintext to `--upstream` (optionally with a PROXY protocol v2 header carrying the
+//!   verified identity), or answer HTTP requests with a JSON description of the peer.
+//! - `client`: accept plain TCP locally and forward it over TLS/mTLS to a ONE Record server.
+//! - `dev`: make a throwaway PKI and run the server on 127.0.0.1:8443 with mTLS required.
+//!
+//! Signals: SIGINT/SIGTERM shut down gracefully, SIGHUP reloads certificates, anchors, CRLs
+//! and ticket keys. Exit codes: 0 clean, 1 runtime failure, 2 bad configuration.
+
+mod dev;
+mod metrics_http;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use log::{error, info, warn};
+use onerecord_tls::{
+    ClientAuth, ClientPolicy, IdentityRule, Revocation, ServerPolicy, Sha256, Time, TrustStore,
+    UnknownStatus, Versions, pki,
+};
+use onerecord_tls_mio::{Backend, IdentityResponder, Limits, Listener, Mode, ServerConfig};
+
+/// TLS/mTLS terminating gateway for ONE Record servers and clients.
+#[derive(Parser, Debug)]
+#[command(name = "onerecord-gateway", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Terminate TLS/mTLS and forward to an upstream, or answer with the peer's identity.
+    Server(ServerArgs),
+    /// Accept plain TCP locally and forward it over TLS/mTLS to a ONE Record server.
+    Client(ClientArgs),
+    /// Generate a development PKI and run the server with mTLS on 127.0.0.1:8443.
+    Dev(DevArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Worker threads (default: number of CPUs).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Handshake timeout in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    handshake_timeout: f64,
+    /// Close established connections idle for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+    idle_timeout: f64,
+    /// Maximum open connections (beyond it, new connections are closed at once).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Graceful shutdown: seconds open connections get to finish.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    drain_timeout: f64,
+    /// Only TLS 1.3 (default: TLS 1.3 and 1.2).
+    #[arg(long)]
+    tls13_only: bool,
+    /// Reload certificates, anchors, CRLs and ticket keys every this many seconds.
+    #[arg(long, value_name = "SECS")]
+    reload_interval: Option<f64>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ServerArgs {
+    /// Address to listen on (repeat for several).
+    #[arg(long, value_name = "ADDR", required = true)]
+    listen: Vec<SocketAddr>,
+    /// Server certificate chain (PEM, leaf first).
+    #[arg(long, value_name = "FILE")]
+    cert: PathBuf,
+    /// Server private key (PEM: PKCS#8, SEC1 or PKCS#1).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// CA bundle for client certificates (requests a client certificate).
+    #[arg(long, value_name = "FILE")]
+    client_ca: Option<PathBuf>,
+    /// Refuse clients without a valid certificate (mTLS). Needs --client-ca.
+    #[arg(long, requires = "client_ca")]
+    require_client_cert: bool,
+    /// CRL file (PEM or DER) checked for client certificates (repeatable).
+    #[arg(long, value_name = "FILE")]
+    crl: Vec<PathBuf>,
+    /// With --crl: accept certificates no CRL covers (default: refuse them).
+    #[arg(long)]
+    crl_allow_unknown: bool,
+    /// Accept client certificates with a URI SAN starting with PREFIX (repeatable).
+    #[arg(long, value_name = "PREFIX")]
+    allow_uri: Vec<String>,
+    /// Accept client certificates with this subject CN (repeatable).
+    #[arg(long, value_name = "NAME")]
+    allow_cn: Vec<String>,
+    /// Accept client certificates with this DNS SAN (repeatable).
+    #[arg(long, value_name = "NAME")]
+    allow_dns: Vec<String>,
+    /// Accept the client key with this SPKI SHA-256 (hex; repeatable).
+    #[arg(long, value_name = "HEX")]
+    allow_spki: Vec<String>,
+    /// ALPN protocols to accept, in preference order (e.g. h2, http/1.1).
+    #[arg(long, value_name = "PROTO")]
+    alpn: Vec<String>,
+    /// Forward decrypted streams to this TCP address (default: answer with the identity).
+    #[arg(long, value_name = "ADDR")]
+    upstream: Option<String>,
+    /// Send a PROXY protocol v2 header with the client address and identity first.
+    #[arg(long, requires = "upstream")]
+    proxy_protocol: bool,
+    /// Session-ticket keys shared by a fleet (base64 lines of 48 bytes, first encrypts).
+    #[arg(long, value_name = "FILE")]
+    ticket_keys: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ClientArgs {
+    /// Local plain-TCP address to listen on.
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// The ONE Record server (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT")]
+    connect: String,
+    /// Name to send as SNI and verify (default: HOST of --connect).
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// CA bundle to verify the server.
+    #[arg(long, value_name = "FILE")]
+    ca: PathBuf,
+    /// Client certificate chain (mTLS).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client private key (mTLS).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// CRL file (PEM or DER) checked for the server certificate (repeatable).
+    #[arg(long, value_name = "FILE")]
+    crl: Vec<PathBuf>,
+    /// ALPN protocols to offer.
+    #[arg(long, value_name = "PROTO")]
+    alpn: Vec<String>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug, Clone)]
+struct DevArgs {
+    /// Directory for the generated PKI (created if missing; existing files are reused).
+    #[arg(long, value_name = "DIR", default_value = "onerecord-dev")]
+    dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Worker threads (default: number of CPUs).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+}
+
+/// A configuration error: exit code 2, message names the file and the problem.
+struct ConfigFail(String);
+
+fn secs(s: f64, flag: &str) -> Result<Duration, ConfigFail> {
+    Duration::try_from_secs_f64(s).map_err(|_| ConfigFail(format!("{flag}: {s} is not a duration")))
+}
+
+fn versions(c: &Common) -> Versions {
+    if c.tls13_only {
+        Versions::Tls13Only
+    } else {
+        Versions::Tls13AndTls12
+    }
+}
+
+fn file_err(flag: &str, e: impl std::fmt::Display) -> ConfigFail {
+    ConfigFail(format!("{flag}: {e}"))
+}
+
+fn load_crls(files: &[PathBuf]) -> Result<Vec<pki::Crl>, ConfigFail> {
+    let mut crls = Vec::new();
+    for f in files {
+        crls.extend(pki::crls_from_file(f).map_err(|e| file_err("--crl", e))?);
+    }
+    Ok(crls)
+}
+
+/// Build the server policy from the arguments (re-reading every file), keeping the
+/// resumption state of `previous` on reload.
+fn server_policy(
+    a: &ServerArgs,
+    previous: Option<&ServerPolicy>,
+) -> Result<ServerPolicy, ConfigFail> {
+    let now = Time::now();
+    let chain = pki::certificates_from_file(&a.cert).map_err(|e| file_err("--cert", e))?;
+    let key = pki::private_key_from_file(&a.key).map_err(|e| file_err("--key", e))?;
+    let mut b = ServerPolicy::builder(chain, key)
+        .versions(versions(&a.common))
+        .handshake_timeout(secs(a.common.handshake_timeout, "--handshake-timeout")?);
+    if let Some(prev) = previous {
+        b = b.resumption_from(prev);
+    }
+    if let Some(ca) = &a.client_ca {
+        let trust = TrustStore::from_pem_file(ca).map_err(|e| file_err("--client-ca", e))?;
+        b = b.client_auth(if a.require_client_cert {
+            ClientAuth::Required(trust)
+        } else {
+            ClientAuth::Optional(trust)
+        });
+    }
+    if !a.crl.is_empty() {
+        let mut r = Revocation::with_crls(load_crls(&a.crl)?);
+        if a.crl_allow_unknown {
+            r.unknown_status = UnknownStatus::Allow;
+        }
+        b = b.revocation(r);
+    }
+    for u in &a.allow_uri {
+        b = b.allow(IdentityRule::UriPrefix(u.clone()));
+    }
+    for cn in &a.allow_cn {
+        b = b.allow(IdentityRule::CommonName(cn.clone()));
+    }
+    for d in &a.allow_dns {
+        b = b.allow(IdentityRule::Dns(d.clone()));
+    }
+    for h in &a.allow_spki {
+        let pin = Sha256::from_hex(h)
+            .ok_or_else(|| ConfigFail(format!("--allow-spki: {h:?} is not 64 hex digits")))?;
+        b = b.allow(IdentityRule::SpkiSha256(pin));
+    }
+    if !a.alpn.is_empty() {
+        b = b.alpn(&a.alpn);
+    }
+    if let Some(f) = &a.ticket_keys {
+        let keys = onerecord_tls_mio::tickets::load(f, Duration::from_secs(12 * 3600))
+            .map_err(|e| file_err("--ticket-keys", e))?;
+        b = b.tickets(Some(keys));
+    }
+    let p = b.build(now).map_err(|e| file_err("--cert/--key", e))?;
+    for w in p.warnings() {
+        warn!("{}: {w}", a.cert.display());
+    }
+    Ok(p)
+}
+
+fn resolve(s: &str, flag: &str) -> Result<SocketAddr, ConfigFail> {
+    s.to_socket_addrs()
+        .map_err(|e| ConfigFail(format!("{flag} {s}: {e}")))?
+        .next()
+        .ok_or_else(|| ConfigFail(format!("{flag} {s}: no address")))
+}
+
+fn server_mode(a: &ServerArgs, previous: Option<&ServerPolicy>) -> Result<Mode, ConfigFail> {
+    let policy = server_policy(a, previous)?;
+    let backend = match &a.upstream {
+        Some(u) => Backend::Upstream {
+            addr: resolve(u, "--upstream")?,
+            proxy_protocol: a.proxy_protocol,
+        },
+        None => Backend::Service(Arc::new(IdentityResponder)),
+    };
+    Ok(Mode::Terminate {
+        policies: policy.into_set(),
+        backend,
+    })
+}
+
+fn client_mode(a: &ClientArgs) -> Result<Mode, ConfigFail> {
+    let now = Time::now();
+    let connect = resolve(&a.connect, "--connect")?;
+    let host = a
+        .connect
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or(&a.connect);
+    let server_name = a.server_name.clone().unwrap_or_else(|| host.to_string());
+    let trust = TrustStore::from_pem_file(&a.ca).map_err(|e| file_err("--ca", e))?;
+    let mut b = ClientPolicy::builder(trust)
+        .versions(versions(&a.common))
+        .handshake_timeout(secs(a.common.handshake_timeout, "--handshake-timeout")?);
+    if let (Some(c), Some(k)) = (&a.cert, &a.key) {
+        let chain = pki::certificates_from_file(c).map_err(|e| file_err("--cert", e))?;
+        let key = pki::private_key_from_file(k).map_err(|e| file_err("--key", e))?;
+        b = b.client_cert(chain, key);
+    }
+    if !a.crl.is_empty() {
+        b = b.revocation(Revocation::with_crls(load_crls(&a.crl)?));
+    }
+    if !a.alpn.is_empty() {
+        b = b.alpn(&a.alpn);
+    }
+    let policy = b.build(now).map_err(|e| file_err("--cert/--key", e))?;
+    for w in policy.warnings() {
+        warn!("client certificate: {w}");
+    }
+    Ok(Mode::Originate {
+        policy,
+        connect,
+        server_name,
+    })
+}
+
+fn limits(c: &Common) -> Result<Limits, ConfigFail> {
+    Ok(Limits {
+        max_connections: c.max_connections.max(1),
+        idle_timeout: secs(c.idle_timeout, "--idle-timeout")?,
+        drain_timeout: secs(c.drain_timeout, "--drain-timeout")?,
+        ..Limits::default()
+    })
+}
+
+fn current_policy(mode: &Mode) -> Option<ServerPolicy> {
+    match mode {
+        Mode::Terminate { policies, .. } => policies.policies().next().cloned(),
+        Mode::Originate { .. } => None,
+    }
+}
+
+/// Run until SIGINT/SIGTERM; SIGHUP (and the reload interval) calls `reload`.
+fn run(
+    listeners: Vec<Listener>,
+    common: &Common,
+    reload: impl Fn(Option<ServerPolicy>) -> Result<Mode, ConfigFail> + Send + Sync + 'static,
+) -> Result<(), ConfigFail> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let handle = onerecord_tls_mio::start(ServerConfig {
+        listeners,
+        workers: common.workers,
+        limits: limits(common)?,
+    })
+    .map_err(|e| ConfigFail(format!("--listen: {e}")))?;
+    let handle = Arc::new(handle);
+    for a in handle.local_addrs() {
+        info!("listening on {a}");
+    }
+    if let Some(m) = common.metrics {
+        metrics_http::serve(m, handle.metrics().clone())
+            .map_err(|e| ConfigFail(format!("--metrics {m}: {e}")))?;
+        info!("metrics on http://{m}/metrics");
+    }
+    let reload = Arc::new(reload);
+    let do_reload = {
+        let handle = handle.clone();
+        let reload = reload.clone();
+        move || {
+            let n = handle.local_addrs().len();
+            for i in 0..n {
+                let previous = handle.mode(i).as_ref().and_then(current_policy);
+                match reload(previous) {
+                    Ok(mode) => {
+                        handle.reload(i, mode);
+                        info!("reloaded policy for {}", handle.local_addrs()[i]);
+                    }
+                    Err(ConfigFail(e)) => error!("reload failed, keeping the current policy: {e}"),
+                }
+            }
+        }
+    };
+    if let Some(s) = common.reload_interval {
+        let every = secs(s, "--reload-interval")?.max(Duration::from_secs(1));
+        let r = do_reload.clone();
+        std::thread::Builder::new()
+            .name("reload-timer".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    r();
+                }
+            })
+            .map_err(|e| ConfigFail(e.to_string()))?;
+    }
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| ConfigFail(format!("signals: {e}")))?;
+    for sig in signals.forever() {
+        match sig {
+            SIGHUP => {
+                info!("SIGHUP: reloading");
+                do_reload();
+            }
+            _ => {
+                info!("shutting down: draining connections");
+                handle.shutdown();
+                break;
+            }
+        }
+    }
+    handle.join();
+    info!("stopped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Server(a) => server_mode(&a, None).and_then(|mode| {
+            let listeners = a
+                .listen
+                .iter()
+                .map(|addr| Listener {
+                    addr: *addr,
+                    mode: mode.clone(),
+                })
+                .collect();
+            let args = a.clone();
+            run(listeners, &a.common, move |prev| {
+                server_mode(&args, prev.as_ref())
+            })
+        }),
+        Command::Client(a) => client_mode(&a).and_then(|mode| {
+            let listeners = vec![Listener {
+                addr: a.listen,
+                mode,
+            }];
+            let args = a.clone();
+            run(listeners, &a.common, move |_| client_mode(&args))
+        }),
+        Command::Dev(d) => dev::start(&d),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ConfigFail(e)) => {
+            error!("{e}");
+            eprintln!("onerecord-gateway: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The server arguments dev mode runs with.
+fn dev_server_args(dir: &Path, d: &DevArgs) -> ServerArgs {
+    ServerArgs {
+        listen: vec![d.listen],
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        client_ca: Some(dir.join("ca.pem")),
+        require_client_cert: true,
+        crl: Vec::new(),
+        crl_allow_unknown: false,
+        allow_uri: Vec::new(),
+        allow_cn: Vec::new(),
+        allow_dns: Vec::new(),
+        allow_spki: Vec::new(),
+        alpn: Vec::new(),
+        upstream: None,
+        proxy_protocol: false,
+        ticket_keys: None,
+        common: Common {
+            workers: d.workers,
+            metrics: d.metrics,
+            handshake_timeout: 10.0,
+            idle_timeout: 120.0,
+            max_connections: 10_000,
+            drain_timeout: 10.0,
+            tls13_only: false,
+            reload_interval: None,
+        },
+    }
+}

@@ -1,0 +1,248 @@
+//! A small HTTP/1.x responder that describes the verified peer as JSON: what the gateway
+//! serves without `--upstream`, and in dev mode.
+//!
+//! HTTP/1.1 requests keep the connection open (unless `Connection: close`); HTTP/1.0 requests
+//! close it after the response (unless `Connection: keep-alive`). Each response is written in
+//! one piece, so it leaves as one TLS record.
+
+use std::net::SocketAddr;
+
+use onerecord_tls::{HandshakeKind, PeerIdentity, Time};
+use serde_json::{Value, json};
+
+use crate::service::{Handler, Peer, Reply, Service};
+
+/// Largest request head accepted (request line and headers).
+const MAX_HEAD: usize = 16 * 1024;
+/// Largest request body accepted (it is read and ignored).
+const MAX_BODY: usize = 1024 * 1024;
+const MAX_HEADERS: usize = 64;
+
+/// The identity responder service: accepts every peer the policy let through.
+#[derive(Clone, Debug, Default)]
+pub struct IdentityResponder;
+
+impl Service for IdentityResponder {
+    fn accept(&self, peer: &Peer<'_>) -> Option<Box<dyn Handler>> {
+        Some(Box::new(IdentityHandler {
+            peer: peer_json(peer.identity, peer.remote),
+            buf: Vec::new(),
+            skip_body: 0,
+            requests: 0,
+        }))
+    }
+}
+
+/// The JSON document describing a verified peer (also used in the PROXY protocol tests).
+pub fn peer_json(id: &PeerIdentity, remote: SocketAddr) -> Value {
+    let client = id.leaf.as_ref().map(|c| {
+        json!({
+            "subject": c.subject,
+            "common_name": c.common_names.first(),
+            "organization": c.organizations.first(),
+            "organizational_unit": c.organizational_units.first(),
+            "issuer": c.issuer,
+            "serial": c.serial_hex(),
+            "not_before": rfc3339(c.not_before),
+            "not_after": rfc3339(c.not_after),
+            "dns_names": c.dns_names,
+            "uris": c.uris,
+            "emails": c.emails,
+            "ips": c.ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>(),
+            "spki_sha256": c.spki_sha256.to_string(),
+            "cert_sha256": c.cert_sha256.to_string(),
+        })
+    });
+    json!({
+        "verified": id.authenticated(),
+        "client_certificate": client,
+        "chain_length": id.chain.len(),
+        "tls": {
+            "version": id.version.to_string(),
+            "cipher_suite": id.suite.name(),
+            "group": id.group.map(|g| g.name()),
+            "alpn": id.alpn.as_ref().map(|a| String::from_utf8_lossy(a).into_owned()),
+            "server_name": id.server_name,
+            "resumed": id.handshake == HandshakeKind::Resumed,
+        },
+        "remote_addr": remote.to_string(),
+    })
+}
+
+/// RFC 3339 text for a time (UTC).
+pub fn rfc3339(t: Time) -> String {
+    let secs = i64::try_from(t.as_unix_secs()).unwrap_or(i64::MAX);
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
+}
+
+struct IdentityHandler {
+    peer: Value,
+    buf: Vec<u8>,
+    /// Body bytes of the current request still to skip.
+    skip_body: usize,
+    requests: u64,
+}
+
+enum Parsed {
+    Incomplete,
+    Request {
+        head_len: usize,
+        body_len: usize,
+        keep_alive: bool,
+        method: String,
+        path: String,
+        version: u8,
+    },
+    Bad(u16, &'static str),
+}
+
+fn parse(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > MAX_HEAD {
+                Parsed::Bad(431, "request head too large")
+            } else {
+                Parsed::Incomplete
+            }
+        }
+        Err(_) => Parsed::Bad(400, "malformed HTTP request"),
+        Ok(httparse::Status::Complete(head_len)) => {
+            let version = req.version.unwrap_or(1);
+            let mut keep_alive = version >= 1;
+            let mut body_len = 0usize;
+            for h in req.headers.iter() {
+                let value = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+                if h.name.eq_ignore_ascii_case("connection") {
+                    if value.split(',').any(|t| t.trim() == "close") {
+                        keep_alive = false;
+                    } else if value.split(',').any(|t| t.trim() == "keep-alive") {
+                        keep_alive = true;
+                    }
+                } else if h.name.eq_ignore_ascii_case("content-length") {
+                    match value.trim().parse::<usize>() {
+                        Ok(n) if n <= MAX_BODY => body_len = n,
+                        Ok(_) => return Parsed::Bad(413, "request body too large"),
+                        Err(_) => return Parsed::Bad(400, "bad Content-Length"),
+                    }
+                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                    return Parsed::Bad(501, "chunked request bodies are not supported");
+                }
+            }
+            Parsed::Request {
+                head_len,
+                body_len,
+                keep_alive,
+                method: req.method.unwrap_or("").to_string(),
+                path: req.path.unwrap_or("").to_string(),
+                version,
+            }
+        }
+    }
+}
+
+fn response(status: u16, reason: &str, version: u8, keep_alive: bool, body: &[u8]) -> Vec<u8> {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    let mut out = format!(
+        "HTTP/1.{version} {status} {reason}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: {connection}\r\nCache-Control: no-store\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+impl Handler for IdentityHandler {
+    fn on_data(&mut self, mut data: &[u8], reply: &mut Reply) {
+        if self.skip_body > 0 {
+            let n = self.skip_body.min(data.len());
+            self.skip_body -= n;
+            data = &data[n..];
+        }
+        self.buf.extend_from_slice(data);
+        loop {
+            if self.skip_body > 0 {
+                let n = self.skip_body.min(self.buf.len());
+                self.skip_body -= n;
+                self.buf.drain(..n);
+                if self.skip_body > 0 {
+                    return;
+                }
+            }
+            if self.buf.is_empty() {
+                return;
+            }
+            match parse(&self.buf) {
+                Parsed::Incomplete => return,
+                Parsed::Bad(status, why) => {
+                    let body = serde_json::to_vec(&json!({ "error": why })).unwrap_or_default();
+                    reply.write(&response(status, why, 1, false, &body));
+                    reply.close();
+                    self.buf.clear();
+                    return;
+                }
+                Parsed::Request {
+                    head_len,
+                    body_len,
+                    keep_alive,
+                    method,
+                    path,
+                    version,
+                } => {
+                    self.requests += 1;
+                    self.buf.drain(..head_len);
+                    self.skip_body = body_len;
+                    let mut doc = self.peer.clone();
+                    doc["request"] = json!({
+                        "method": method,
+                        "path": path,
+                        "http_version": format!("1.{version}"),
+                        "number_on_connection": self.requests,
+                    });
+                    let mut body = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+                    body.push(b'\n');
+                    reply.write(&response(200, "OK", version, keep_alive, &body));
+                    if !keep_alive {
+                        reply.close();
+                        self.buf.clear();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http11_keeps_alive_and_http10_closes() {
+        match parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") {
+            Parsed::Request { keep_alive, .. } => assert!(keep_alive),
+            _ => panic!("not parsed"),
+        }
+        match parse(b"GET / HTTP/1.0\r\n\r\n") {
+            Parsed::Request { keep_alive, .. } => assert!(!keep_alive),
+            _ => panic!("not parsed"),
+        }
+        match parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n") {
+            Parsed::Request { keep_alive, .. } => assert!(!keep_alive),
+            _ => panic!("not parsed"),
+        }
+        assert!(matches!(parse(b"GET / HTTP/1.1\r\n"), Parsed::Incomplete));
+        assert!(matches!(
+            parse(b"\x16\x03\x01garbage\r\n\r\n"),
+            Parsed::Bad(400, _)
+        ));
+    }
+}
