@@ -20,6 +20,13 @@ pub const NOW_SECS: u64 = 1_780_272_000;
 /// One day in seconds.
 pub const DAY: u64 = 86_400;
 
+/// The wall clock in unix seconds.
+pub fn wall_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(NOW_SECS, |d| d.as_secs())
+}
+
 /// The virtual now.
 pub fn now() -> Time {
     Time::from_unix_secs(NOW_SECS)
@@ -140,6 +147,13 @@ impl LeafSpec {
         }
     }
 
+    /// Valid from 30 days before to 90 days after the wall clock (for tests against real
+    /// peers, which use the real time).
+    pub fn around_wall_clock(self) -> Self {
+        let w = wall_secs();
+        self.valid(w - 30 * DAY, w + 90 * DAY)
+    }
+
     /// With a key algorithm.
     pub fn key(mut self, key: KeyKind) -> Self {
         self.key = key;
@@ -245,18 +259,24 @@ impl Ca {
 
     /// A CRL revoking `serials`, valid around [`now`] (next update in `next_update_days`).
     pub fn crl(&self, serials: &[u64], next_update_days: i64) -> Crl {
+        self.crl_at(NOW_SECS, serials, next_update_days)
+    }
+
+    /// A CRL revoking `serials`, issued around `now_secs` (unix seconds), next update
+    /// `next_update_days` after it.
+    pub fn crl_at(&self, now_secs: u64, serials: &[u64], next_update_days: i64) -> Crl {
         let params = CertificateRevocationListParams {
             this_update: odt(
-                (NOW_SECS as i64 + (next_update_days - 10).min(-1) * DAY as i64) as u64,
+                (now_secs as i64 + (next_update_days - 10).min(-1) * DAY as i64) as u64,
             ),
-            next_update: odt((NOW_SECS as i64 + next_update_days * DAY as i64) as u64),
+            next_update: odt((now_secs as i64 + next_update_days * DAY as i64) as u64),
             crl_number: SerialNumber::from(1u64),
             issuing_distribution_point: None,
             revoked_certs: serials
                 .iter()
                 .map(|s| RevokedCertParams {
                     serial_number: SerialNumber::from(*s),
-                    revocation_time: odt(NOW_SECS - 20 * DAY),
+                    revocation_time: odt(now_secs - 20 * DAY),
                     reason_code: Some(rcgen::RevocationReason::KeyCompromise),
                     invalidity_date: None,
                 })

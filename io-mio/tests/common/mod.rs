@@ -1,0 +1,229 @@
+//! Fixtures for tests against the real `onerecord-gateway` binary and real peers (openssl,
+//! curl): a PKI written to a temporary directory, a gateway process that is killed on drop,
+//! and helpers to run `openssl s_client`.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use onerecord_tls_tests::{Ca, DAY, Identity, LeafSpec, wall_secs};
+
+/// The client certificates' URI prefix (ONE Record IDs).
+pub const URI_PREFIX: &str = "https://onerecord.example/logistics-agents/";
+
+/// Test PKI files.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: Ca,
+    pub server: Identity,
+    pub client: Identity,
+}
+
+impl Pki {
+    /// CA, `localhost` server cert, a valid client, an expired client, a client from another
+    /// CA, a revoked client and a CRL revoking it, all as files.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("Gateway Test CA");
+        let server = ca.issue(&LeafSpec::server().around_wall_clock());
+        let client = ca.issue(&LeafSpec::client("acme-cargo").around_wall_clock());
+        let w = wall_secs();
+        let expired = ca.issue(&LeafSpec::client("old-cargo").valid(w - 100 * DAY, w - DAY));
+        let revoked = ca.issue(&LeafSpec::client("bad-cargo").around_wall_clock());
+        let other = Ca::new("Untrusted CA");
+        let stranger = other.issue(&LeafSpec::client("acme-cargo").around_wall_clock());
+        let crl = ca.crl_at(w, &[revoked.serial], 30);
+        let p = dir.path();
+        std::fs::write(p.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(p.join("other-ca.pem"), other.pem()).unwrap();
+        for (name, id) in [
+            ("server", &server),
+            ("client", &client),
+            ("expired", &expired),
+            ("revoked", &revoked),
+            ("stranger", &stranger),
+        ] {
+            std::fs::write(p.join(format!("{name}.pem")), &id.chain_pem).unwrap();
+            std::fs::write(p.join(format!("{name}.key")), &id.key_pem).unwrap();
+        }
+        std::fs::write(p.join("crl.der"), crl.as_ref()).unwrap();
+        Self {
+            dir,
+            ca,
+            server,
+            client,
+        }
+    }
+
+    /// A file of the PKI, as a string argument.
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// Issue another server certificate (for reload tests) and write it as `name`.pem/.key.
+    pub fn write_server(&self, name: &str) -> Identity {
+        let id = self.ca.issue(&LeafSpec::server().around_wall_clock());
+        std::fs::write(self.dir.path().join(format!("{name}.pem")), &id.chain_pem).unwrap();
+        std::fs::write(self.dir.path().join(format!("{name}.key")), &id.key_pem).unwrap();
+        id
+    }
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running `onerecord-gateway`, killed on drop.
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Gateway {
+    /// Start `onerecord-gateway <mode> --listen 127.0.0.1:<free port> <args>` and wait until
+    /// it accepts connections.
+    pub fn start(mode: &str, args: &[&str]) -> Self {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_onerecord-gateway"))
+            .arg(mode)
+            .args(["--listen", &addr.to_string()])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start onerecord-gateway");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let l2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = l2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let g = Self { child, addr, log };
+        g.wait_for_log("listening on", Duration::from_secs(20));
+        g
+    }
+
+    /// What the gateway logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Wait (bounded) until the log contains `needle`; panics with the log otherwise.
+    pub fn wait_for_log(&self, needle: &str, within: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.log().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("gateway never logged {needle:?}; log:\n{}", self.log());
+    }
+
+    /// Count of log lines containing `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Send a signal (`HUP`, `TERM`, ...) to the gateway.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Wait (bounded) for the process to exit; its status code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `openssl s_client` against `addr` with extra args, feeding `stdin`; bounded by a
+/// 20-second timeout.
+pub fn s_client(addr: SocketAddr, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new("timeout")
+        .arg("20")
+        .arg("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+            "-ign_eof",
+        ])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).unwrap();
+    drop(input);
+    child.wait_with_output().expect("s_client output")
+}
+
+/// stdout and stderr of a finished command, as one string.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Read until EOF or `within` passes (bounded).
+pub fn read_all(s: &mut TcpStream, within: Duration) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16384];
+    while start.elapsed() < within {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    out
+}
