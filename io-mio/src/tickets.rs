@@ -18,8 +18,13 @@ pub const KEY_LEN: usize = 48;
 
 /// Parse the file contents into keys whose tickets live for `lifetime`.
 pub fn parse(contents: &[u8], lifetime: Duration) -> Result<TicketKeys, ConfigError> {
+    // Text only if every byte is printable ASCII or whitespace; raw key bytes almost never are.
+    let is_text = !contents.is_empty()
+        && contents
+            .iter()
+            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace());
     let raw = match std::str::from_utf8(contents) {
-        Ok(text) if !text.trim().is_empty() => {
+        Ok(text) if is_text && !text.trim().is_empty() => {
             let mut raw = Vec::new();
             for (n, line) in text.lines().enumerate() {
                 let line = line.trim();
@@ -71,6 +76,9 @@ mod tests {
         assert_eq!(keys.len(), 2);
         let bin = parse(&[3u8; 96], Duration::from_secs(3600)).unwrap();
         assert_eq!(bin.len(), 2);
+        let mut mixed = [0x41u8; 48].to_vec();
+        mixed[5] = 0xff;
+        assert_eq!(parse(&mixed, Duration::from_secs(3600)).unwrap().len(), 1);
     }
 
     #[test]
