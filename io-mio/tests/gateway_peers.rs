@@ -280,43 +280,51 @@ impl Drop for SServer {
     }
 }
 
+/// Start `openssl s_server` on a free loopback port; if another process takes the port
+/// between probing and binding, try again on another (bounded).
+fn s_server(args: &[&str]) -> (SServer, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut server = SServer(
+            Command::new("openssl")
+                .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
+                .args(["-naccept", "100"])
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("openssl s_server"),
+        );
+        for _ in 0..200 {
+            if let Ok(Some(_)) = server.0.try_wait() {
+                break;
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (server, port);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = server.0.kill();
+    }
+    panic!("openssl s_server did not start");
+}
+
 #[test]
 fn client_mode_forwards_plain_tcp_over_mtls_to_openssl_s_server_and_resumes() {
     let pki = Pki::new();
-    let port = free_port();
-    let server = SServer(
-        Command::new("openssl")
-            .args(["s_server", "-accept", &port.to_string(), "-naccept", "100"])
-            .args([
-                "-cert",
-                &pki.path("server.pem"),
-                "-key",
-                &pki.path("server.key"),
-            ])
-            .args([
-                "-CAfile",
-                &pki.path("ca.pem"),
-                "-Verify",
-                "1",
-                "-verify_return_error",
-            ])
-            .arg("-www")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("openssl s_server"),
-    );
-    // Wait until s_server listens.
-    let mut up = false;
-    for _ in 0..200 {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            up = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    assert!(up, "s_server did not start");
+    let (server, port) = s_server(&[
+        "-cert",
+        &pki.path("server.pem"),
+        "-key",
+        &pki.path("server.key"),
+        "-CAfile",
+        &pki.path("ca.pem"),
+        "-Verify",
+        "1",
+        "-verify_return_error",
+        "-www",
+    ]);
     let gw = Gateway::start(
         "client",
         &[

@@ -89,14 +89,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Start `onerecord-gateway <mode> --listen 127.0.0.1:<free port> <args>` and wait until
-    /// it accepts connections.
+    /// Start `onerecord-gateway <mode> --listen 127.0.0.1:0 <args>` and wait until it
+    /// accepts connections; the port the kernel chose is read from its log, so parallel tests
+    /// never race for a port.
     pub fn start(mode: &str, args: &[&str]) -> Self {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_onerecord-gateway"))
             .arg(mode)
-            .args(["--listen", &addr.to_string()])
+            .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -114,8 +113,18 @@ impl Gateway {
                 l.push('\n');
             }
         });
-        let g = Self { child, addr, log };
-        g.wait_for_log("listening on", Duration::from_secs(20));
+        let mut g = Self {
+            child,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            log,
+        };
+        g.wait_for_log("listening on ", Duration::from_secs(20));
+        let log = g.log();
+        let line = log.lines().find(|l| l.contains("listening on ")).unwrap();
+        let addr = line.rsplit("listening on ").next().unwrap().trim();
+        g.addr = addr
+            .parse()
+            .unwrap_or_else(|_| panic!("listen address in {line:?}"));
         g
     }
 
