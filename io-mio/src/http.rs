@@ -24,8 +24,13 @@ pub struct IdentityResponder;
 
 impl Service for IdentityResponder {
     fn accept(&self, peer: &Peer<'_>) -> Option<Box<dyn Handler>> {
+        // Serialised once per connection: a request then costs one string copy, and an idle
+        // connection holds one compact string instead of a JSON tree.
+        let doc = serde_json::to_string_pretty(&peer_json(peer.identity, peer.remote))
+            .unwrap_or_else(|_| String::from("{}"));
+        let head = doc.trim_end().strip_suffix('}').unwrap_or("{").trim_end();
         Some(Box::new(IdentityHandler {
-            peer: peer_json(peer.identity, peer.remote),
+            peer_head: head.into(),
             buf: Vec::new(),
             skip_body: 0,
             requests: 0,
@@ -82,7 +87,8 @@ pub fn rfc3339(t: Time) -> String {
 }
 
 struct IdentityHandler {
-    peer: Value,
+    /// The pretty-printed peer document without its closing brace.
+    peer_head: Box<str>,
     buf: Vec<u8>,
     /// Body bytes of the current request still to skip.
     skip_body: usize,
@@ -200,15 +206,20 @@ impl Handler for IdentityHandler {
                     self.requests += 1;
                     self.buf.drain(..head_len);
                     self.skip_body = body_len;
-                    let mut doc = self.peer.clone();
-                    doc["request"] = json!({
+                    let request = json!({
                         "method": method,
                         "path": path,
                         "http_version": format!("1.{version}"),
                         "number_on_connection": self.requests,
                     });
-                    let mut body = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-                    body.push(b'\n');
+                    let mut body = Vec::with_capacity(self.peer_head.len() + 160);
+                    body.extend_from_slice(self.peer_head.as_bytes());
+                    if self.peer_head.len() > 1 {
+                        body.push(b',');
+                    }
+                    body.extend_from_slice(b"\n  \"request\": ");
+                    let _ = serde_json::to_writer(&mut body, &request);
+                    body.extend_from_slice(b"\n}\n");
                     reply.write(&response(200, "OK", version, keep_alive, &body));
                     if !keep_alive {
                         reply.close();
@@ -224,6 +235,38 @@ impl Handler for IdentityHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_response_is_the_peer_document_plus_the_request() {
+        let doc =
+            serde_json::to_string_pretty(&json!({"verified": true, "tls": {"version": "TLSv1.3"}}))
+                .unwrap();
+        let mut h = IdentityHandler {
+            peer_head: doc.trim_end().strip_suffix('}').unwrap().trim_end().into(),
+            buf: Vec::new(),
+            skip_body: 0,
+            requests: 0,
+        };
+        let mut reply = Reply::default();
+        h.on_data(
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b?\"q HTTP/1.1\r\n",
+            &mut reply,
+        );
+        h.on_data(b"Host: x\r\n\r\n", &mut reply);
+        let text = String::from_utf8(reply.out).unwrap();
+        let bodies: Vec<Value> = text
+            .split("HTTP/1.1 200 OK")
+            .skip(1)
+            .map(|r| serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap())
+            .collect();
+        assert_eq!(bodies.len(), 2, "{text}");
+        assert_eq!(bodies[0]["verified"], true);
+        assert_eq!(bodies[0]["tls"]["version"], "TLSv1.3");
+        assert_eq!(bodies[0]["request"]["path"], "/a");
+        assert_eq!(bodies[1]["request"]["path"], "/b?\"q");
+        assert_eq!(bodies[1]["request"]["number_on_connection"], 2);
+        assert!(!reply.close);
+    }
 
     #[test]
     fn http11_keeps_alive_and_http10_closes() {

@@ -389,6 +389,13 @@ impl Queue {
             }
         }
     }
+    /// Give the memory back while empty (an idle connection holds no buffer).
+    fn release(&mut self) {
+        if self.is_empty() {
+            self.buf = Vec::new();
+            self.off = 0;
+        }
+    }
 }
 
 struct Conn {
@@ -1092,6 +1099,9 @@ fn drive(
     }
     if c.session.is_established() && c.to_tls.is_empty() && flushed && c.to_plain.is_empty() {
         c.session.release_buffers();
+        c.to_tls.release();
+        c.to_plain.release();
+        c.raw_out.release();
     }
     Done::Wait
 }
