@@ -158,8 +158,10 @@ fn response(status: u16, reason: &str, version: u8, keep_alive: bool, body: &[u8
     let connection = if keep_alive { "keep-alive" } else { "close" };
     let mut out = format!(
         "HTTP/1.{version} {status} {reason}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: {connection}\r\nCache-Control: no-store\r\n\r\n",
-        body.len()
+         Content-Length: {}\r\nConnection: {connection}\r\nCache-Control: no-store\r\n\
+         Strict-Transport-Security: max-age=31536000\r\nDate: {}\r\n\r\n",
+        body.len(),
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
     )
     .into_bytes();
     out.extend_from_slice(body);
@@ -184,6 +186,8 @@ impl Handler for IdentityHandler {
                 }
             }
             if self.buf.is_empty() {
+                // An idle keep-alive connection holds no request buffer.
+                self.buf = Vec::new();
                 return;
             }
             match parse(&self.buf) {
@@ -266,6 +270,15 @@ mod tests {
         assert_eq!(bodies[1]["request"]["path"], "/b?\"q");
         assert_eq!(bodies[1]["request"]["number_on_connection"], 2);
         assert!(!reply.close);
+        assert!(
+            text.contains("\r\nStrict-Transport-Security: max-age="),
+            "{text}"
+        );
+        assert!(
+            text.contains("\r\nDate: ") && text.contains(" GMT\r\n"),
+            "{text}"
+        );
+        assert_eq!(h.buf.capacity(), 0, "idle handler keeps no buffer");
     }
 
     #[test]
