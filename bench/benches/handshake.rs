@@ -1,46 +1,72 @@
-//! In-memory handshakes: the engine's `Session` versus bare rustls (buffered
-//! `ServerConnection`/`ClientConnection`), same provider and suite order, same run.
-//! Each iteration is one complete handshake, client and server CPU together.
+//! In-memory handshakes, server and client CPU measured separately: the engine's `Session`
+//! versus bare rustls (buffered `ServerConnection`/`ClientConnection`), same provider, suite
+//! order and certificates, in the same run.
+//!
+//! Ids: `handshake/<scenario>/<side>/<impl>`, e.g. `handshake/tls13_ecdsa_mtls_full/server/engine`
+//! (scenarios: `tls13|tls12` × `ecdsa|rsa|ed25519` × `[_mtls]` × `full|ticket|id`).
+//! Each iteration is one complete handshake; only the named side's work is timed (creating
+//! its connection, copying the peer's bytes in, processing, handing bytes out, dropping it).
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use onerecord_tls::{Time, Versions};
-use onerecord_tls_bench::{Pki, ServerKey, engine_handshake, rustls_handshake};
+use onerecord_tls_bench::{
+    Pki, Scenario, ServerKey, Side, Timer, Unmetered, engine_handshake_metered,
+    rustls_handshake_metered,
+};
 
 fn handshakes(c: &mut Criterion) {
-    let pki = Pki::new(ServerKey::EcdsaP256);
-    let now = Time::now();
-    for (name, versions) in [
-        ("tls13", Versions::Tls13Only),
-        ("tls12", Versions::Tls12Only),
-    ] {
-        for mtls in [false, true] {
-            for resume in [false, true] {
-                let label = format!(
-                    "{name}_ecdsa{}_{}",
-                    if mtls { "_mtls" } else { "" },
-                    if resume { "resumed" } else { "full" }
-                );
-                let mut g = c.benchmark_group(label);
-                let es = pki.engine_server(mtls, versions);
-                let ec = pki.engine_client(mtls, versions, resume);
-                let rs = pki.rustls_server(mtls, versions);
-                let rc = pki.rustls_client(mtls, versions, resume);
-                // Prime the caches so that the resumed variants resume on every iteration.
-                assert!(!engine_handshake(&es, &ec, now));
-                rustls_handshake(&rs, &rc);
-                assert_eq!(engine_handshake(&es, &ec, now), resume);
-                assert_eq!(rustls_handshake(&rs, &rc), resume);
-                g.bench_function("engine", |b| b.iter(|| engine_handshake(&es, &ec, now)));
-                g.bench_function("rustls", |b| b.iter(|| rustls_handshake(&rs, &rc)));
-                g.finish();
+    let mut g = c.benchmark_group("handshake");
+    for key in ServerKey::ALL {
+        let pki = Pki::new(key);
+        for sc in Scenario::all().into_iter().filter(|s| s.key == key) {
+            let ec = pki.engine(&sc);
+            let rc = pki.rustls(&sc);
+            // Prime the session caches; from then on every iteration resumes (or not).
+            assert!(!engine_handshake_metered(&ec, &mut Unmetered));
+            assert!(!rustls_handshake_metered(&rc, &mut Unmetered));
+            assert_eq!(
+                engine_handshake_metered(&ec, &mut Unmetered),
+                sc.resumes(),
+                "engine {}",
+                sc.name()
+            );
+            assert_eq!(
+                rustls_handshake_metered(&rc, &mut Unmetered),
+                sc.resumes(),
+                "rustls {}",
+                sc.name()
+            );
+            for side in [Side::Server, Side::Client] {
+                let id = format!("{}/{}", sc.name(), side.name());
+                g.bench_function(format!("{id}/engine"), |b| {
+                    b.iter_custom(|iters| {
+                        let mut t = Timer::new(side);
+                        for _ in 0..iters {
+                            engine_handshake_metered(&ec, &mut t);
+                        }
+                        t.elapsed
+                    })
+                });
+                g.bench_function(format!("{id}/rustls"), |b| {
+                    b.iter_custom(|iters| {
+                        let mut t = Timer::new(side);
+                        for _ in 0..iters {
+                            rustls_handshake_metered(&rc, &mut t);
+                        }
+                        t.elapsed
+                    })
+                });
             }
         }
     }
+    g.finish();
 }
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3)).warm_up_time(std::time::Duration::from_millis(500));
+    config = Criterion::default()
+        .sample_size(30)
+        .measurement_time(std::time::Duration::from_secs(3))
+        .warm_up_time(std::time::Duration::from_millis(500));
     targets = handshakes
 }
 criterion_main!(benches);
