@@ -5,12 +5,15 @@
 //!   client (encrypt and hand out), `recv` the server (copy in, decrypt, hand up).
 //! - `request/<scenario>/<side>/<impl>`: one 64-byte request and 64-byte response on a
 //!   kept-alive connection, server or client work.
+//!
+//! Times are CPU time of the named side (see `common/mod.rs`).
 
+mod common;
+
+use common::side_cpu;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use onerecord_tls::Versions;
-use onerecord_tls_bench::{
-    Aead, EnginePair, Pki, Resume, RustlsPair, Scenario, ServerKey, Side, Timer,
-};
+use onerecord_tls_bench::{Aead, EnginePair, Pki, Resume, RustlsPair, Scenario, ServerKey, Side};
 
 const SIZES: [usize; 3] = [64, 1024, 16_384];
 
@@ -32,22 +35,10 @@ fn appdata(c: &mut Criterion) {
             for (side, label) in [(Side::Client, "send"), (Side::Server, "recv")] {
                 let id = format!("{}_{size}/{label}", aead.name());
                 g.bench_function(format!("{id}/engine"), |b| {
-                    b.iter_custom(|iters| {
-                        let mut t = Timer::new(side);
-                        for _ in 0..iters {
-                            engine.send(&data, &mut t);
-                        }
-                        t.elapsed
-                    })
+                    b.iter_custom(|iters| side_cpu(side, iters, |t| engine.send(&data, t)))
                 });
                 g.bench_function(format!("{id}/rustls"), |b| {
-                    b.iter_custom(|iters| {
-                        let mut t = Timer::new(side);
-                        for _ in 0..iters {
-                            bare.send(&data, &mut t);
-                        }
-                        t.elapsed
-                    })
+                    b.iter_custom(|iters| side_cpu(side, iters, |t| bare.send(&data, t)))
                 });
             }
         }
@@ -76,20 +67,12 @@ fn requests(c: &mut Criterion) {
                 let id = format!("{name}/{}", side.name());
                 g.bench_function(format!("{id}/engine"), |b| {
                     b.iter_custom(|iters| {
-                        let mut t = Timer::new(side);
-                        for _ in 0..iters {
-                            engine.round_trip(&request, &response, &mut t);
-                        }
-                        t.elapsed
+                        side_cpu(side, iters, |t| engine.round_trip(&request, &response, t))
                     })
                 });
                 g.bench_function(format!("{id}/rustls"), |b| {
                     b.iter_custom(|iters| {
-                        let mut t = Timer::new(side);
-                        for _ in 0..iters {
-                            bare.round_trip(&request, &response, &mut t);
-                        }
-                        t.elapsed
+                        side_cpu(side, iters, |t| bare.round_trip(&request, &response, t))
                     })
                 });
             }

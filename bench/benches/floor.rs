@@ -12,6 +12,9 @@
 //!   (PSK with ECDHE) does x25519 on each side; a resumed TLS 1.2 one does no public-key
 //!   operation.
 
+mod common;
+
+use common::batch_cpu;
 use criterion::{Criterion, criterion_group, criterion_main};
 use onerecord_tls_bench::ServerKey;
 use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
@@ -113,16 +116,20 @@ fn floor(c: &mut Criterion) {
     // The CA and the client certificate are ECDSA P-256 in every scenario.
     let ecdsa = &keys[0].1;
     let mut g = c.benchmark_group("floor");
-    g.bench_function("op/x25519", |b| b.iter(|| ops.x25519()));
+    g.bench_function("op/x25519", |b| {
+        b.iter_custom(|n| batch_cpu(n, || ops.x25519()))
+    });
     for (key, (s, public, sig)) in &keys {
         let name = match key {
             ServerKey::EcdsaP256 => "ecdsa_p256",
             ServerKey::Rsa2048 => "rsa2048_pss",
             ServerKey::Ed25519 => "ed25519",
         };
-        g.bench_function(format!("op/{name}_sign"), |b| b.iter(|| ops.sign(s)));
+        g.bench_function(format!("op/{name}_sign"), |b| {
+            b.iter_custom(|n| batch_cpu(n, || ops.sign(s)))
+        });
         g.bench_function(format!("op/{name}_verify"), |b| {
-            b.iter(|| ops.verify(s, public, sig))
+            b.iter_custom(|n| batch_cpu(n, || ops.verify(s, public, sig)))
         });
     }
     let ca_verify = || ops.verify(&ecdsa.0, &ecdsa.1, &ecdsa.2);
@@ -134,28 +141,34 @@ fn floor(c: &mut Criterion) {
                 if mtls { "_mtls" } else { "" }
             );
             g.bench_function(format!("{sc}/server/ring"), |b| {
-                b.iter(|| {
-                    ops.x25519();
-                    ops.sign(s);
-                    if mtls {
-                        ca_verify();
-                        ca_verify();
-                    }
+                b.iter_custom(|n| {
+                    batch_cpu(n, || {
+                        ops.x25519();
+                        ops.sign(s);
+                        if mtls {
+                            ca_verify();
+                            ca_verify();
+                        }
+                    })
                 })
             });
             g.bench_function(format!("{sc}/client/ring"), |b| {
-                b.iter(|| {
-                    ops.x25519();
-                    ca_verify();
-                    ops.verify(s, public, sig);
-                    if mtls {
-                        ops.sign(&ecdsa.0);
-                    }
+                b.iter_custom(|n| {
+                    batch_cpu(n, || {
+                        ops.x25519();
+                        ca_verify();
+                        ops.verify(s, public, sig);
+                        if mtls {
+                            ops.sign(&ecdsa.0);
+                        }
+                    })
                 })
             });
         }
     }
-    g.bench_function("tls13_resumed/side/ring", |b| b.iter(|| ops.x25519()));
+    g.bench_function("tls13_resumed/side/ring", |b| {
+        b.iter_custom(|n| batch_cpu(n, || ops.x25519()))
+    });
     g.finish();
 }
 

@@ -5,12 +5,15 @@
 //! Ids: `handshake/<scenario>/<side>/<impl>`, e.g. `handshake/tls13_ecdsa_mtls_full/server/engine`
 //! (scenarios: `tls13|tls12` × `ecdsa|rsa|ed25519` × `[_mtls]` × `full|ticket|id`).
 //! Each iteration is one complete handshake; only the named side's work is timed (creating
-//! its connection, copying the peer's bytes in, processing, handing bytes out, dropping it).
+//! its connection, copying the peer's bytes in, processing, handing bytes out, dropping it),
+//! as CPU time (see `common/mod.rs`).
 
+mod common;
+
+use common::side_cpu;
 use criterion::{Criterion, criterion_group, criterion_main};
 use onerecord_tls_bench::{
-    Pki, Scenario, ServerKey, Side, Timer, Unmetered, engine_handshake_metered,
-    rustls_handshake_metered,
+    Pki, Scenario, ServerKey, Side, Unmetered, engine_handshake_metered, rustls_handshake_metered,
 };
 
 fn handshakes(c: &mut Criterion) {
@@ -39,20 +42,16 @@ fn handshakes(c: &mut Criterion) {
                 let id = format!("{}/{}", sc.name(), side.name());
                 g.bench_function(format!("{id}/engine"), |b| {
                     b.iter_custom(|iters| {
-                        let mut t = Timer::new(side);
-                        for _ in 0..iters {
-                            engine_handshake_metered(&ec, &mut t);
-                        }
-                        t.elapsed
+                        side_cpu(side, iters, |t| {
+                            engine_handshake_metered(&ec, t);
+                        })
                     })
                 });
                 g.bench_function(format!("{id}/rustls"), |b| {
                     b.iter_custom(|iters| {
-                        let mut t = Timer::new(side);
-                        for _ in 0..iters {
-                            rustls_handshake_metered(&rc, &mut t);
-                        }
-                        t.elapsed
+                        side_cpu(side, iters, |t| {
+                            rustls_handshake_metered(&rc, t);
+                        })
                     })
                 });
             }
