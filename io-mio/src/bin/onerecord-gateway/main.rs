@@ -255,6 +255,20 @@ fn server_policy(
     Ok(p)
 }
 
+/// A digest of what client authentication depends on (the CA bundle and the CRLs). A reload
+/// keeps the ticket keys and session cache only while it is unchanged: a resumed session
+/// skips certificate verification, so a client revoked by a new CRL, or whose CA was
+/// dropped, would otherwise keep resuming. (Keys from `--ticket-keys` are the operator's:
+/// rotate them with the CRL to end resumption fleet-wide.)
+fn client_trust_inputs(a: &ServerArgs) -> Sha256 {
+    let mut all = Vec::new();
+    for f in a.client_ca.iter().chain(&a.crl) {
+        let data = std::fs::read(f).unwrap_or_default();
+        all.extend_from_slice(&Sha256::of(&data).0);
+    }
+    Sha256::of(&all)
+}
+
 fn resolve(s: &str, flag: &str) -> Result<SocketAddr, ConfigFail> {
     s.to_socket_addrs()
         .map_err(|e| ConfigFail(format!("{flag} {s}: {e}")))?
@@ -355,16 +369,16 @@ fn run(
         let handle = handle.clone();
         let reload = reload.clone();
         move || {
-            let n = handle.local_addrs().len();
-            for i in 0..n {
-                let previous = handle.mode(i).as_ref().and_then(current_policy);
-                match reload(previous) {
-                    Ok(mode) => {
-                        handle.reload(i, mode);
-                        info!("reloaded policy for {}", handle.local_addrs()[i]);
+            // Every listener runs the same mode (as at start): build it once per reload.
+            let previous = handle.mode(0).as_ref().and_then(current_policy);
+            match reload(previous) {
+                Ok(mode) => {
+                    for (i, addr) in handle.local_addrs().iter().enumerate() {
+                        handle.reload(i, mode.clone());
+                        info!("reloaded policy for {addr}");
                     }
-                    Err(ConfigFail(e)) => error!("reload failed, keeping the current policy: {e}"),
                 }
+                Err(ConfigFail(e)) => error!("reload failed, keeping the current policy: {e}"),
             }
         }
     };
@@ -407,20 +421,35 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Server(a) => server_mode(&a, None).and_then(|mode| {
-            let listeners = a
-                .listen
-                .iter()
-                .map(|addr| Listener {
-                    addr: *addr,
-                    mode: mode.clone(),
+        Command::Server(a) => {
+            let trust = std::sync::Mutex::new(client_trust_inputs(&a));
+            server_mode(&a, None).and_then(|mode| {
+                let listeners = a
+                    .listen
+                    .iter()
+                    .map(|addr| Listener {
+                        addr: *addr,
+                        mode: mode.clone(),
+                    })
+                    .collect();
+                let args = a.clone();
+                run(listeners, &a.common, move |prev| {
+                    let inputs = client_trust_inputs(&args);
+                    let same = trust.lock().is_ok_and(|t| *t == inputs);
+                    if !same && prev.is_some() {
+                        info!(
+                            "client CA bundle or CRL changed: sessions made under the previous \
+                         policy will not resume"
+                        );
+                    }
+                    let mode = server_mode(&args, prev.as_ref().filter(|_| same))?;
+                    if let Ok(mut t) = trust.lock() {
+                        *t = inputs;
+                    }
+                    Ok(mode)
                 })
-                .collect();
-            let args = a.clone();
-            run(listeners, &a.common, move |prev| {
-                server_mode(&args, prev.as_ref())
             })
-        }),
+        }
         Command::Client(a) => client_mode(&a).and_then(|mode| {
             let listeners = vec![Listener {
                 addr: a.listen,
