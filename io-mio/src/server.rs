@@ -416,6 +416,9 @@ struct Conn {
     raw_out: Queue,
     /// Send `close_notify` once `to_tls` is empty.
     close_after_flush: bool,
+    /// Graceful shutdown of a proxied stream: the upstream's input is ended once what the
+    /// client sent so far is forwarded, and its end of stream closes the connection.
+    draining: bool,
     /// When `close_notify` or an alert went out (linger starts).
     closing_since: Option<Instant>,
     last_activity: Instant,
@@ -601,7 +604,16 @@ impl Worker {
         }
         for key in self.conns.keys() {
             if let Some(c) = self.conns.get_mut(key) {
-                if c.session.is_established() {
+                if c.session.is_established()
+                    && c.plain.is_some()
+                    && matches!(c.mode, Mode::Terminate { .. })
+                {
+                    // A proxied stream may be in the middle of a response: a close_notify
+                    // now would cut it. End the upstream's input instead; the upstream
+                    // finishes what it owes, and its end of stream closes this connection
+                    // (close_notify after the last byte). The drain timeout bounds it.
+                    c.draining = true;
+                } else if c.session.is_established() {
                     c.close_after_flush = true;
                 } else {
                     c.session.close();
@@ -701,6 +713,7 @@ impl Worker {
                 to_tls: Queue::default(),
                 raw_out: Queue::default(),
                 close_after_flush: false,
+                draining: false,
                 closing_since: None,
                 last_activity: now,
                 deadline: None,
@@ -985,6 +998,10 @@ fn drive(
         if let Some(p) = c.plain.as_mut()
             && p.connected
         {
+            if c.draining && p.write_closed {
+                // Sent after the drain began: the upstream's input is already closed.
+                c.to_plain = Queue::default();
+            }
             while p.writable && !c.to_plain.is_empty() {
                 match p.stream.write(c.to_plain.pending()) {
                     Ok(0) => p.writable = false,
@@ -1006,7 +1023,7 @@ fn drive(
             }
             if c.to_plain.is_empty()
                 && !p.write_closed
-                && (c.session.peer_closed() || c.session.is_terminal())
+                && (c.session.peer_closed() || c.session.is_terminal() || c.draining)
             {
                 let _ = p.stream.shutdown(Shutdown::Write);
                 p.write_closed = true;
