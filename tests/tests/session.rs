@@ -969,3 +969,35 @@ fn events_come_in_order_and_data_is_never_seen_after_failure() {
     assert!(p.server.send(b"x").is_err());
     let _ = Event::Closed;
 }
+
+#[test]
+fn garbage_right_after_application_data_still_gets_its_alert() {
+    let f = fixture();
+    let mut p = pair(server(&f.server_id), client(&f.ca));
+    assert!(p.server.is_established());
+    p.client.send(b"GET /").unwrap();
+    p.client.process(now(), |_| {}).unwrap();
+    let mut wire = p.client.transmit().to_vec();
+    let n = wire.len();
+    p.client.transmitted(n);
+    assert!(n > 0);
+    wire.extend_from_slice(&[
+        0x17, 0x03, 0x03, 0x00, 0x20, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,
+        18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32,
+    ]);
+    assert_eq!(p.server.receive(&wire), wire.len());
+    let mut data = Vec::new();
+    let res = p.server.process(now(), |e| {
+        if let Event::Data(d) = e {
+            data.extend_from_slice(d);
+        }
+    });
+    // Either the data arrives and the next call fails, or the call fails at once.
+    let err = match res {
+        Err(e) => e,
+        Ok(()) => p.server.process(now(), |_| {}).unwrap_err(),
+    };
+    assert_eq!(err.alert_sent(), Some(Alert::BadRecordMac), "{err}");
+    assert!(!p.server.transmit().is_empty(), "the alert is queued");
+    assert_eq!(data, b"GET /");
+}
