@@ -21,6 +21,17 @@ use onerecord_tls_mio::Client;
 
 const ACTIVE: &str = "onerecord_connections_active";
 
+/// Both workers still run and nothing panicked (a worker that panicked logs it on stderr).
+fn assert_healthy(gw: &common::Gateway, workers: usize) {
+    let log = gw.log();
+    assert!(!log.contains("panicked"), "the gateway panicked:\n{log}");
+    assert_eq!(
+        worker_threads(gw.child.id()),
+        workers,
+        "no worker thread died"
+    );
+}
+
 fn metrics_addr() -> (SocketAddr, String) {
     let a: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     (a, a.to_string())
@@ -233,6 +244,7 @@ fn slow_loris_is_cut_at_the_handshake_timeout_while_good_clients_are_served() {
         "refusals logged as timeouts: {timeouts}"
     );
     assert_eq!(active, Some(0.0), "no connection left behind");
+    assert_healthy(&gw, 2);
     // Bounded memory: a stalled connection costs a session with its first buffers; allow
     // 32 KiB per connection on top of the idle process (measured: about 10 KiB).
     let bound = base_rss + 32 * (loris_n + good_n) as u64;
@@ -375,6 +387,7 @@ fn flood_past_max_connections_is_refused_fast_and_accept_resumes() {
         over.is_err(),
         "back at the cap, a new connection is refused"
     );
+    assert_healthy(&gw, 2);
     assert!(
         capacity_lines > flood_n,
         "refusals are logged: {capacity_lines}"
@@ -878,6 +891,37 @@ fn garbage_and_half_open_connections_get_an_alert_or_a_close_and_workers_survive
             o.alert13
         );
     }
+    let verdict = |out: &str| {
+        if out.contains("HTTP/1.0 200 OK") {
+            "served".to_string()
+        } else {
+            out.lines()
+                .find(|l| l.contains("alert") || l.contains("no renegotiation"))
+                .map_or("closed".to_string(), |l| {
+                    l.split(':').nth(5).unwrap_or(l).to_string()
+                })
+        }
+    };
+    println!(
+        "  {:<55} {}",
+        "openssl -tls1_2, `R` (renegotiate)",
+        verdict(&reneg)
+    );
+    println!(
+        "  {:<55} {}",
+        "client chain, 7 intermediates, TLS 1.3",
+        verdict(&deep13)
+    );
+    println!(
+        "  {:<55} {}",
+        "client chain, 7 intermediates, TLS 1.2",
+        verdict(&deep12)
+    );
+    println!(
+        "  {:<55} {}",
+        "client chain, 3 intermediates, TLS 1.3",
+        verdict(&shallow)
+    );
     let fig = Figures {
         scenario: "garbage_half_open",
         connections: outcomes.len() + cuts + 4 + 12,
@@ -892,6 +936,7 @@ fn garbage_and_half_open_connections_get_an_alert_or_a_close_and_workers_survive
     fig.print();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(workers, 2, "no worker thread died");
+    assert_healthy(&gw, 2);
     assert_eq!(good_ok, 12, "the gateway still serves");
     assert_eq!(active, Some(0.0), "no connection left behind");
 }
@@ -1054,6 +1099,7 @@ fn slow_reader_stalls_the_upstream_within_the_per_connection_bound() {
         r.data.len()
     );
     assert!(clean_end, "the stream ends with close_notify");
+    assert_healthy(&gw, 2);
 }
 
 /// One connection attempt of a rotation client.
@@ -1286,6 +1332,7 @@ fn rotation_under_load_refuses_only_what_the_new_policy_refuses() {
     fig.print();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert_eq!(active, Some(0.0), "no connection left behind");
+    assert_healthy(&gw, 2);
 }
 
 /// How one request through a draining gateway ended.
@@ -1471,4 +1518,5 @@ fn graceful_shutdown_under_load_completes_or_closes_every_request() {
     assert!(completed >= n, "requests completed under load: {completed}");
     assert!(across > 0, "requests in flight at SIGTERM completed");
     assert_eq!(code, Some(0), "the gateway exits cleanly");
+    assert!(!gw.log().contains("panicked"), "{}", gw.log());
 }
