@@ -32,7 +32,7 @@ impl fmt::Display for Buffer {
 /// buffer mode, where there is no transport).
 ///
 /// Every error is terminal for the session except [`Error::NotEstablished`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Error<E = Infallible> {
     /// The TLS session failed: the reason, and which alert went to the peer.

@@ -22,6 +22,7 @@ pub(crate) struct Framer {
     header: [u8; HEADER_LEN],
     have: usize,
     body_left: usize,
+    largest: usize,
 }
 
 impl Framer {
@@ -45,6 +46,7 @@ impl Framer {
                 if self.have == HEADER_LEN {
                     self.body_left =
                         usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                    self.largest = self.largest.max(HEADER_LEN + self.body_left);
                     if self.body_left == 0 {
                         self.have = 0;
                     }
@@ -58,6 +60,11 @@ impl Framer {
                 }
             }
         }
+    }
+
+    /// The largest record (header included) seen so far.
+    pub(crate) fn largest(&self) -> usize {
+        self.largest
     }
 
     /// For an incomplete record: `(bytes of it received, its full length)`.
@@ -96,6 +103,9 @@ pub struct Tls<B: AsMut<[u8]> + AsRef<[u8]>> {
     incoming_capacity: usize,
     outgoing_capacity: usize,
     write_cap: usize,
+    /// Set when this adapter ended the session (a full incoming buffer the core reported no
+    /// error for): every later call reports it.
+    failed: Option<Error>,
 }
 
 impl<B: AsMut<[u8]> + AsRef<[u8]>> Tls<B> {
@@ -135,6 +145,7 @@ impl<B: AsMut<[u8]> + AsRef<[u8]>> Tls<B> {
             incoming_capacity: ic,
             outgoing_capacity: oc,
             write_cap: oc.saturating_sub(RECORD_OVERHEAD).min(MAX_PLAINTEXT),
+            failed: None,
         }
     }
 
@@ -185,9 +196,22 @@ impl<B: AsMut<[u8]> + AsRef<[u8]>> Tls<B> {
     /// Advance the session with the bytes received so far; report events to `on_event`.
     /// `now` is checked against certificate validity and the handshake deadline.
     pub fn process(&mut self, now: Time, on_event: impl FnMut(Event<'_>)) -> Result<(), Error> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
         let incoming_full = self.session.receive_buffer().is_empty();
         match self.session.process(now, on_event) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // After the handshake, rustls reports an incomplete record as "idle", so a
+                // record larger than the buffer would stall silently: a buffer still full
+                // after processing can never make progress.
+                if !self.session.is_terminal() && self.session.receive_buffer().is_empty() {
+                    let e = self.incoming_too_small(self.incoming_capacity + 1);
+                    self.failed = Some(e.clone());
+                    return Err(e);
+                }
+                Ok(())
+            }
             Err(e) => Err(self.translate(e, incoming_full)),
         }
     }
@@ -197,24 +221,28 @@ impl<B: AsMut<[u8]> + AsRef<[u8]>> Tls<B> {
             return Error::Tls(e);
         };
         if incoming_full {
-            // The buffer is full of bytes that cannot be discarded yet (a handshake message
-            // being reassembled, then the record in progress): it needs room for all of
-            // them plus the rest of that record.
-            let required = match self.framer.partial() {
-                Some((got, total)) => (self.incoming_capacity - got + total).max(required),
-                None => required.max(self.incoming_capacity + HEADER_LEN),
-            };
-            Error::BufferTooSmall {
-                buffer: Buffer::Incoming,
-                required,
-                capacity: self.incoming_capacity,
-            }
+            self.incoming_too_small(required)
         } else {
             Error::BufferTooSmall {
                 buffer: Buffer::Outgoing,
                 required,
                 capacity: limit,
             }
+        }
+    }
+
+    fn incoming_too_small(&self, required: usize) -> Error {
+        // The buffer is full of bytes that cannot be discarded yet (a handshake message being
+        // reassembled, then the record in progress): it needs room for all of them plus the
+        // rest of that record.
+        let required = match self.framer.partial() {
+            Some((got, total)) => (self.incoming_capacity - got + total).max(required),
+            None => required.max(self.incoming_capacity + HEADER_LEN),
+        };
+        Error::BufferTooSmall {
+            buffer: Buffer::Incoming,
+            required,
+            capacity: self.incoming_capacity,
         }
     }
 
@@ -242,6 +270,9 @@ impl<B: AsMut<[u8]> + AsRef<[u8]>> Tls<B> {
     /// [`Tls::pending`], then the rest). An outgoing buffer that cannot hold even a one-byte
     /// record is [`Error::BufferTooSmall`].
     pub fn send(&mut self, data: &[u8]) -> Result<usize, Error> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
         let mut done = 0;
         while done < data.len() {
             let n = (data.len() - done).min(self.write_cap);
@@ -271,12 +302,18 @@ impl<B: AsMut<[u8]> + AsRef<[u8]>> Tls<B> {
 
     /// `true` when the session is over (closed or failed).
     pub fn is_terminal(&self) -> bool {
-        self.session.is_terminal()
+        self.failed.is_some() || self.session.is_terminal()
     }
 
     /// When [`Tls::process`] must be called even if nothing arrives (handshake deadline).
     pub fn poll_timeout(&self) -> Option<Time> {
         self.session.poll_timeout()
+    }
+
+    /// The largest TLS record received so far, header included: field data for sizing the
+    /// incoming buffer when the peers are known.
+    pub fn largest_record_received(&self) -> usize {
+        self.framer.largest()
     }
 
     /// Sizes of the incoming and outgoing buffers.
