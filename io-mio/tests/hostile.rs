@@ -1118,6 +1118,7 @@ fn rotation_client(
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     pause: Duration,
+    done: Arc<AtomicUsize>,
 ) -> std::thread::JoinHandle<Vec<Attempt>> {
     std::thread::spawn(move || {
         let mut client = Client::new(policy);
@@ -1150,6 +1151,7 @@ fn rotation_client(
             }
             a.end = Instant::now();
             out.push(a);
+            done.fetch_add(1, Ordering::Relaxed);
             std::thread::sleep(pause);
         }
         out
@@ -1207,25 +1209,41 @@ fn rotation_under_load_refuses_only_what_the_new_policy_refuses() {
     let stop = Arc::new(AtomicBool::new(false));
     // (The newcomer trusts the gateway's CA; its own certificate is from CA 2.)
     let with = |who: &str, cache: bool| client_policy(&pki, who, Versions::Tls13AndTls12, cache);
+    let good_done = Arc::new(AtomicUsize::new(0));
     let good: Vec<_> = (0..n)
         .map(|i| {
-            rotation_client(
-                with("client", i % 2 == 0),
-                gw.addr,
-                stop.clone(),
-                Duration::ZERO,
-            )
+            let p = with("client", i % 2 == 0);
+            rotation_client(p, gw.addr, stop.clone(), Duration::ZERO, good_done.clone())
         })
         .collect();
     let pause = Duration::from_millis(20);
     // The victim resumes whenever it can: a resumed session must not slip past the new CRL.
+    let (v_done, n_done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let victims: Vec<_> = (0..2)
-        .map(|i| rotation_client(with("victim", i == 0), gw.addr, stop.clone(), pause))
+        .map(|i| {
+            let p = with("victim", i == 0);
+            rotation_client(p, gw.addr, stop.clone(), pause, v_done.clone())
+        })
         .collect();
     let newcomers: Vec<_> = (0..2)
-        .map(|_| rotation_client(with("newcomer", true), gw.addr, stop.clone(), pause))
+        .map(|_| {
+            let p = with("newcomer", true);
+            rotation_client(p, gw.addr, stop.clone(), pause, n_done.clone())
+        })
         .collect();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Load for 1.5 s, and (on a slow machine) until each side made a few attempts.
+    let enough = |base: [usize; 3]| {
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_millis(1500));
+        while t.elapsed() < Duration::from_secs(20)
+            && (good_done.load(Ordering::Relaxed) < base[0] + n
+                || v_done.load(Ordering::Relaxed) < base[1] + 4
+                || n_done.load(Ordering::Relaxed) < base[2] + 4)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    enough([0, 0, 0]);
 
     // Rotate everything: a new server certificate, CA 2 added, a CRL revoking the victim.
     let server2 = pki.ca.issue(&LeafSpec::server().around_wall_clock());
@@ -1238,7 +1256,11 @@ fn rotation_under_load_refuses_only_what_the_new_policy_refuses() {
     gw.signal("HUP");
     gw.wait_for_log("reloaded policy", Duration::from_secs(10));
     let reloaded = Instant::now();
-    std::thread::sleep(Duration::from_millis(1500));
+    enough([
+        good_done.load(Ordering::Relaxed),
+        v_done.load(Ordering::Relaxed),
+        n_done.load(Ordering::Relaxed),
+    ]);
     stop.store(true, Ordering::Relaxed);
 
     let join = |v: Vec<std::thread::JoinHandle<Vec<Attempt>>>| -> Vec<Attempt> {
