@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use onerecord_tls::{ClientPolicy, ServerPolicies, ServerPolicy, Time, Versions};
-use onerecord_tls_tests::{Ca, Identity, LeafSpec};
+use onerecord_tls_tests::{Ca, Identity, KeyKind, LeafSpec};
 
 /// The adapter's transport over a real socket: `embedded_io::Read + Write` for `TcpStream`.
 pub struct Net(pub TcpStream);
@@ -76,9 +76,18 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Self {
+        Self::with_keys(KeyKind::EcdsaP256)
+    }
+
+    /// The same with RSA-2048 keys (larger certificate flights, fixed-size signatures).
+    pub fn with_rsa() -> Self {
+        Self::with_keys(KeyKind::Rsa2048)
+    }
+
+    fn with_keys(key: KeyKind) -> Self {
         let ca = Ca::new("Embedded Test CA");
-        let server = ca.issue(&LeafSpec::server().around_wall_clock());
-        let client = ca.issue(&LeafSpec::client("device-1").around_wall_clock());
+        let server = ca.issue(&LeafSpec::server().around_wall_clock().key(key));
+        let client = ca.issue(&LeafSpec::client("device-1").around_wall_clock().key(key));
         let dir = std::env::temp_dir().join(format!(
             "onerecord-embedded-{}-{}",
             std::process::id(),
