@@ -188,6 +188,18 @@ fn file_err(flag: &str, e: impl std::fmt::Display) -> ConfigFail {
     ConfigFail(format!("{flag}: {e}"))
 }
 
+/// A policy that does not build from its certificate and key: name both files.
+fn cert_key_err(cert: Option<&Path>, key: Option<&Path>, e: impl std::fmt::Display) -> ConfigFail {
+    match (cert, key) {
+        (Some(c), Some(k)) => ConfigFail(format!(
+            "--cert {} / --key {}: {e}",
+            c.display(),
+            k.display()
+        )),
+        _ => ConfigFail(format!("policy: {e}")),
+    }
+}
+
 fn load_crls(files: &[PathBuf]) -> Result<Vec<pki::Crl>, ConfigFail> {
     let mut crls = Vec::new();
     for f in files {
@@ -248,7 +260,9 @@ fn server_policy(
             .map_err(|e| file_err("--ticket-keys", e))?;
         b = b.tickets(Some(keys));
     }
-    let p = b.build(now).map_err(|e| file_err("--cert/--key", e))?;
+    let p = b
+        .build(now)
+        .map_err(|e| cert_key_err(Some(&a.cert), Some(&a.key), e))?;
     for w in p.warnings() {
         warn!("{}: {w}", a.cert.display());
     }
@@ -315,7 +329,9 @@ fn client_mode(a: &ClientArgs) -> Result<Mode, ConfigFail> {
     if !a.alpn.is_empty() {
         b = b.alpn(&a.alpn);
     }
-    let policy = b.build(now).map_err(|e| file_err("--cert/--key", e))?;
+    let policy = b
+        .build(now)
+        .map_err(|e| cert_key_err(a.cert.as_deref(), a.key.as_deref(), e))?;
     for w in policy.warnings() {
         warn!("client certificate: {w}");
     }
