@@ -236,3 +236,102 @@ pub fn read_all(s: &mut TcpStream, within: Duration) -> Vec<u8> {
     }
     out
 }
+
+impl Pki {
+    /// Issue another server certificate and put it in place of `name`.pem/.key, each file
+    /// replaced by a rename (a reader sees the old or the new file, never half of one).
+    pub fn replace_server(&self, name: &str) -> Identity {
+        let id = self.ca.issue(&LeafSpec::server().around_wall_clock());
+        self.replace_file(&format!("{name}.key"), id.key_pem.as_bytes());
+        self.replace_file(&format!("{name}.pem"), id.chain_pem.as_bytes());
+        id
+    }
+
+    /// Write `crl.der` anew, revoking `serials`.
+    pub fn write_crl(&self, serials: &[u64]) {
+        let crl = self.ca.crl_at(wall_secs(), serials, 30);
+        self.replace_file("crl.der", crl.as_ref());
+    }
+
+    /// Replace a file of the PKI by writing a temporary file and renaming it.
+    pub fn replace_file(&self, name: &str, contents: &[u8]) {
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, contents).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join(name)).unwrap();
+    }
+
+    /// A client policy trusting the test CA, with the client certificate `name` (`.pem` and
+    /// `.key`) when given, and a fresh session cache.
+    pub fn client_policy(&self, name: Option<&str>) -> onerecord_tls::ClientPolicy {
+        use onerecord_tls::{ClientPolicy, Time, TrustStore, pki};
+        let trust = TrustStore::from_pem_file(self.path("ca.pem")).expect("CA file");
+        let mut b = ClientPolicy::builder(trust);
+        if let Some(n) = name {
+            let chain = pki::certificates_from_file(self.path(&format!("{n}.pem"))).unwrap();
+            let key = pki::private_key_from_file(self.path(&format!("{n}.key"))).unwrap();
+            b = b.client_cert(chain, key);
+        }
+        b.build(Time::now()).expect("client policy")
+    }
+}
+
+/// Send an HTTP/1.1 keep-alive `GET path` on a stream and read one response (head and a
+/// `Content-Length` body); the response as text.
+pub fn http_get(s: &mut (impl Read + Write), path: &str) -> std::io::Result<String> {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())?;
+    s.flush()?;
+    read_response(s)
+}
+
+/// Read one HTTP response with a `Content-Length` body (bounded by the stream's timeouts).
+pub fn read_response(s: &mut impl Read) -> std::io::Result<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return Ok(String::from_utf8_lossy(&got).into_owned());
+            }
+        }
+        if got.len() > 1 << 20 {
+            return Err(std::io::Error::other("response too large"));
+        }
+        match s.read(&mut buf)? {
+            0 => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("end of stream after {:?}", String::from_utf8_lossy(&got)),
+                ));
+            }
+            n => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// `GET /metrics` from a `--metrics` endpoint; the body.
+pub fn scrape(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("metrics");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let resp = read_response(&mut s).expect("metrics response");
+    resp.split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string())
+}
+
+/// The value of one sample line (`name{labels}` exactly as rendered) in Prometheus text.
+pub fn sample(text: &str, series: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
