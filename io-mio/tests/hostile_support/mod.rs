@@ -3,8 +3,6 @@
 //! session), an HTTP/1.1 request helper, the metrics scrape, a deterministic byte generator
 //! and deep certificate chains.
 
-#![allow(dead_code)]
-
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Mutex, MutexGuard};
@@ -180,7 +178,8 @@ pub fn mtls_gateway(pki: &Pki, extra: &[&str]) -> Gateway {
     Gateway::start("server", &refs)
 }
 
-/// A client policy trusting `ca_file` and presenting `cert_file`/`key_file` of the PKI.
+/// A client policy trusting the test CA and presenting `<who>.pem` / `<who>.key` of the PKI
+/// (`cache`: with a session cache, so later connections resume).
 pub fn client_policy(pki: &Pki, who: &str, versions: Versions, cache: bool) -> ClientPolicy {
     let chain = read_chain(&pki.path(&format!("{who}.pem")));
     let key = std::fs::read(pki.path(&format!("{who}.key"))).expect("key file");
