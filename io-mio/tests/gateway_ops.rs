@@ -159,6 +159,103 @@ fn max_connections_closes_the_excess_keeps_the_established_and_recovers() {
     assert!(ok_200(&r), "{r}");
 }
 
+#[test]
+fn max_connections_holds_under_a_concurrent_burst_on_two_workers() {
+    let pki = Pki::new();
+    let gw = gateway(&pki, true, 2, &["--max-connections", "4"]);
+    let c = client(&pki, Some("client"));
+    let n = 12;
+    let start = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let hold = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let (c, addr) = (c.clone(), gw.addr);
+            let (start, hold) = (start.clone(), hold.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                let t = Instant::now();
+                let served = c
+                    .connect(addr, "localhost")
+                    .and_then(|mut s| http_get(&mut s, "/").map(|r| (s, r)));
+                let took = t.elapsed();
+                // Keep the connection open until every thread has its answer.
+                hold.wait();
+                (served.map(|(_, r)| ok_200(&r)).unwrap_or(false), took)
+            })
+        })
+        .collect();
+    let results: Vec<(bool, Duration)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let served = results.iter().filter(|r| r.0).count();
+    assert_eq!(served, 4, "exactly the cap is served: {results:?}");
+    assert!(
+        results.iter().all(|r| r.1 < Duration::from_secs(3)),
+        "refusals are quick: {results:?}"
+    );
+}
+
+#[test]
+fn ticket_keys_rotate_on_reload_newest_encrypts_and_dropped_keys_stop_resuming() {
+    use base64::Engine as _;
+    let pki = Pki::new();
+    let key = |b: u8| base64::engine::general_purpose::STANDARD.encode([b; 48]);
+    let file = pki.path("rotating.keys");
+    std::fs::write(&file, format!("{}\n", key(1))).unwrap();
+    let a = gateway(&pki, true, 1, &["--ticket-keys", &file]);
+    let b = gateway(&pki, true, 1, &["--ticket-keys", &file]);
+    let resume = |gw: &Gateway, sess: &str| {
+        s_client_with(
+            gw.addr,
+            &cert_args(&pki, "client", &["-tls1_3", "-sess_in", sess]),
+        )
+    };
+    let reload = |gw: &Gateway| {
+        let before = gw.log_count("reloaded policy");
+        gw.signal("HUP");
+        let t = Instant::now();
+        while gw.log_count("reloaded policy") == before && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(gw.log_count("reloaded policy") > before, "{}", gw.log());
+    };
+    let old = pki.path("old.sess");
+    let out = s_client_with(
+        a.addr,
+        &cert_args(&pki, "client", &["-tls1_3", "-sess_out", &old]),
+    );
+    assert!(out.contains("New, TLSv1.3"), "{out}");
+
+    // Rotate: a new first key, the previous one kept below it, on both instances.
+    std::fs::write(&file, format!("{}\n{}\n", key(2), key(1))).unwrap();
+    reload(&a);
+    reload(&b);
+    let out = resume(&b, &old);
+    assert!(
+        out.contains("Reused, TLSv1.3"),
+        "the previous key still decrypts:\n{out}"
+    );
+    let new = pki.path("new.sess");
+    let out = s_client_with(
+        b.addr,
+        &cert_args(&pki, "client", &["-tls1_3", "-sess_out", &new]),
+    );
+    assert!(out.contains("New, TLSv1.3"), "{out}");
+
+    // Drop the old key: its tickets stop resuming, tickets of the new key keep resuming
+    // (so the new key is the one that encrypted after the rotation).
+    std::fs::write(&file, format!("{}\n", key(2))).unwrap();
+    reload(&a);
+    let out = resume(&a, &old);
+    assert!(
+        out.contains("New, TLSv1.3"),
+        "a dropped key no longer decrypts:\n{out}"
+    );
+    let out = resume(&a, &new);
+    assert!(
+        out.contains("Reused, TLSv1.3"),
+        "the newest key encrypted:\n{out}"
+    );
+}
+
 /// The first flight of a TLS client made by the engine (a complete ClientHello record).
 fn client_hello(pki: &Pki) -> Vec<u8> {
     let policy = pki.client_policy(Some("client"));
@@ -222,7 +319,7 @@ fn stalled_handshakes_and_idle_connections_are_closed_on_time() {
         "idle connection closed after {idle:?}, idle timeout is 1.5 s"
     );
     assert!(
-        gw.log_count("failure=timeout") >= 1,
+        gw.log_count("failure=timeout") == 2,
         "timeouts logged:\n{}",
         gw.log()
     );
@@ -734,7 +831,13 @@ fn metrics_count_full_and_resumed_handshakes_and_failures_by_reason() {
     let maddr: SocketAddr = format!("127.0.0.1:{}", common::free_port())
         .parse()
         .unwrap();
-    let gw = gateway(&pki, true, 2, &["--metrics", &maddr.to_string()]);
+    let m = maddr.to_string();
+    let gw = gateway(
+        &pki,
+        true,
+        2,
+        &["--metrics", &m, "--handshake-timeout", "0.5"],
+    );
     gw.wait_for_log("metrics on", Duration::from_secs(5));
     let hs =
         |v: &str, k: &str| format!("onerecord_handshakes_total{{version=\"{v}\",kind=\"{k}\"}}");
@@ -778,6 +881,10 @@ fn metrics_count_full_and_resumed_handshakes_and_failures_by_reason() {
             .starts_with("HTTP/1.1 400")
     );
 
+    let mut stalled = TcpStream::connect(gw.addr).unwrap();
+    stalled.write_all(b"\x16\x03\x01").unwrap();
+    assert!(read_all(&mut stalled, Duration::from_secs(5)).len() < 64);
+
     let expected = [
         (hs("TLSv1.3", "full"), 1),
         (hs("TLSv1.3", "resumed"), 1),
@@ -787,8 +894,10 @@ fn metrics_count_full_and_resumed_handshakes_and_failures_by_reason() {
         (fail("revoked"), 1),
         (fail("plaintext"), 1),
         (fail("unknown_ca"), 0),
+        (fail("timeout"), 1),
         ("onerecord_plaintext_http_total".to_string(), 1),
-        ("onerecord_connections_accepted_total".to_string(), 6),
+        ("onerecord_connections_accepted_total".to_string(), 7),
+        ("onerecord_connections_active".to_string(), 0),
     ];
     // Workers publish their counters at least once a second.
     let start = Instant::now();
