@@ -763,6 +763,80 @@ fn sigterm_drains_close_notify_to_idle_connections_and_lets_a_request_in_flight_
     );
 }
 
+/// An upstream that takes requests and never answers nor closes (for `within`).
+fn mute_upstream(within: Duration) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut s = accept_within(&l, Duration::from_secs(20));
+        let start = Instant::now();
+        let mut buf = [0u8; 4096];
+        while start.elapsed() < within {
+            match s.read(&mut buf) {
+                Ok(0) => std::thread::sleep(Duration::from_millis(50)),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => break,
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn sigterm_drain_closes_idle_service_connections_at_once_and_is_bounded_by_the_drain_timeout() {
+    let pki = Pki::new();
+    // Identity responder: an idle keep-alive connection gets close_notify, the process
+    // exits as soon as it is gone.
+    let mut svc = gateway(&pki, true, 2, &["--drain-timeout", "5"]);
+    // A proxied stream whose upstream never finishes: the drain timeout ends it.
+    let up = mute_upstream(Duration::from_secs(10)).to_string();
+    let mut stuck = gateway(&pki, true, 1, &["--upstream", &up, "--drain-timeout", "1"]);
+    let c = client(&pki, Some("client"));
+    let mut idle = c.connect(svc.addr, "localhost").unwrap();
+    assert!(ok_200(&http_get(&mut idle, "/").unwrap()));
+    let mut waiting = c.connect(stuck.addr, "localhost").unwrap();
+    waiting
+        .write_all(b"GET /never HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let term = Instant::now();
+    svc.signal("TERM");
+    stuck.signal("TERM");
+    let mut b = [0u8; 16];
+    assert_eq!(idle.read(&mut b).expect("close_notify"), 0);
+    drop(idle.close());
+    assert_eq!(
+        svc.wait_exit(Duration::from_secs(5)),
+        Some(0),
+        "{}",
+        svc.log()
+    );
+    let svc_took = term.elapsed();
+    assert!(
+        svc_took < Duration::from_secs(2),
+        "service gateway exited after {svc_took:?}"
+    );
+
+    assert_eq!(
+        stuck.wait_exit(Duration::from_secs(5)),
+        Some(0),
+        "{}",
+        stuck.log()
+    );
+    let stuck_took = term.elapsed();
+    assert!(
+        stuck_took >= Duration::from_millis(900) && stuck_took < Duration::from_millis(2500),
+        "the stuck stream is given the 1 s drain timeout, then closed: {stuck_took:?}"
+    );
+    // The client of the stuck stream is not left hanging: its connection ends.
+    let t = Instant::now();
+    let _ = waiting.read(&mut b);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
 #[test]
 fn bad_configuration_exits_2_and_names_the_file() {
     let pki = Pki::new();
