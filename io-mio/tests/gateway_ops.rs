@@ -98,7 +98,11 @@ fn ok_200(resp: &str) -> bool {
 fn max_connections_closes_the_excess_keeps_the_established_and_recovers() {
     let pki = Pki::new();
     // Two workers share the cap.
-    let gw = gateway(&pki, true, 2, &["--max-connections", "3"]);
+    let maddr: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let m = maddr.to_string();
+    let gw = gateway(&pki, true, 2, &["--max-connections", "3", "--metrics", &m]);
     let c = client(&pki, Some("client"));
     let mut held: Vec<ClientStream> = (0..3)
         .map(|i| {
@@ -133,6 +137,25 @@ fn max_connections_closes_the_excess_keeps_the_established_and_recovers() {
         gw.log_count("reason=\"over capacity\"") >= 3,
         "refusals logged:\n{}",
         gw.log()
+    );
+
+    // The metrics say so: three open, three refused for capacity.
+    let over = "onerecord_handshake_failures_total{reason=\"over_capacity\"}";
+    let start = Instant::now();
+    let text = loop {
+        let t = scrape(maddr);
+        let done =
+            sample(&t, over) == Some(3) && sample(&t, "onerecord_connections_active") == Some(3);
+        if done || start.elapsed() > Duration::from_secs(3) {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(sample(&text, over), Some(3), "{text}");
+    assert_eq!(
+        sample(&text, "onerecord_connections_active"),
+        Some(3),
+        "{text}"
     );
 
     // The established connections are untouched.
@@ -544,74 +567,80 @@ fn read_exact_bounded(s: &mut TcpStream, n: usize) -> Vec<u8> {
     v
 }
 
-/// An upstream that parses the PROXY v2 header with the `ppp` crate, then answers one request.
-fn proxy_upstream() -> (SocketAddr, JoinHandle<ProxySeen>) {
+/// An upstream that parses the PROXY v2 header with the `ppp` crate, then answers one
+/// request, for `n` connections one after the other; what it saw, per connection.
+fn proxy_upstream(n: usize) -> (SocketAddr, mpsc::Receiver<ProxySeen>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
-    let t = std::thread::spawn(move || {
-        let mut s = accept_within(&l, Duration::from_secs(15));
-        let mut head = read_exact_bounded(&mut s, 16);
-        let len = usize::from(u16::from_be_bytes([head[14], head[15]]));
-        head.extend(read_exact_bounded(&mut s, len));
-        let h = ppp::v2::Header::try_from(head.as_slice()).expect("a PROXY v2 header");
-        assert_eq!(h.command, ppp::v2::Command::Proxy);
-        assert_eq!(h.protocol, ppp::v2::Protocol::Stream);
-        let mut seen = ProxySeen::default();
-        if let ppp::v2::Addresses::IPv4(a) = h.addresses {
-            seen.source = Some(SocketAddr::from((a.source_address, a.source_port)));
-            seen.destination = Some(SocketAddr::from((
-                a.destination_address,
-                a.destination_port,
-            )));
-        }
-        for tlv in h.tlvs() {
-            let tlv = tlv.expect("well-formed TLV");
-            let v = tlv.value.as_ref();
-            match tlv.kind {
-                0x02 => seen.authority = Some(String::from_utf8_lossy(v).into_owned()),
-                0x20 => {
-                    seen.ssl_client = v[0];
-                    seen.ssl_verify = u32::from_be_bytes([v[1], v[2], v[3], v[4]]);
-                    let mut sub = &v[5..];
-                    while sub.len() >= 3 {
-                        let n = usize::from(u16::from_be_bytes([sub[1], sub[2]]));
-                        let val = String::from_utf8_lossy(&sub[3..3 + n]).into_owned();
-                        match sub[0] {
-                            0x21 => seen.version = Some(val),
-                            0x22 => seen.cn = Some(val),
-                            _ => {}
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..n {
+            let mut s = accept_within(&l, Duration::from_secs(15));
+            let mut head = read_exact_bounded(&mut s, 16);
+            let len = usize::from(u16::from_be_bytes([head[14], head[15]]));
+            head.extend(read_exact_bounded(&mut s, len));
+            let h = ppp::v2::Header::try_from(head.as_slice()).expect("a PROXY v2 header");
+            assert_eq!(h.command, ppp::v2::Command::Proxy);
+            assert_eq!(h.protocol, ppp::v2::Protocol::Stream);
+            let mut seen = ProxySeen::default();
+            if let ppp::v2::Addresses::IPv4(a) = h.addresses {
+                seen.source = Some(SocketAddr::from((a.source_address, a.source_port)));
+                seen.destination = Some(SocketAddr::from((
+                    a.destination_address,
+                    a.destination_port,
+                )));
+            }
+            for tlv in h.tlvs() {
+                let tlv = tlv.expect("well-formed TLV");
+                let v = tlv.value.as_ref();
+                match tlv.kind {
+                    0x02 => seen.authority = Some(String::from_utf8_lossy(v).into_owned()),
+                    0x20 => {
+                        seen.ssl_client = v[0];
+                        seen.ssl_verify = u32::from_be_bytes([v[1], v[2], v[3], v[4]]);
+                        let mut sub = &v[5..];
+                        while sub.len() >= 3 {
+                            let n = usize::from(u16::from_be_bytes([sub[1], sub[2]]));
+                            let val = String::from_utf8_lossy(&sub[3..3 + n]).into_owned();
+                            match sub[0] {
+                                0x21 => seen.version = Some(val),
+                                0x22 => seen.cn = Some(val),
+                                _ => {}
+                            }
+                            sub = &sub[3 + n..];
                         }
-                        sub = &sub[3 + n..];
                     }
+                    0xE0 => seen.uris.push(String::from_utf8_lossy(v).into_owned()),
+                    _ => {}
                 }
-                0xE0 => seen.uris.push(String::from_utf8_lossy(v).into_owned()),
-                _ => {}
+            }
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            seen.request = String::from_utf8_lossy(&req).into_owned();
+            let body = "upstream-ok";
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(resp.as_bytes()).unwrap();
+            if tx.send(seen).is_err() {
+                return;
             }
         }
-        let mut req = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => req.extend_from_slice(&buf[..n]),
-            }
-        }
-        seen.request = String::from_utf8_lossy(&req).into_owned();
-        let body = "upstream-ok";
-        let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(resp.as_bytes()).unwrap();
-        seen
     });
-    (addr, t)
+    (addr, rx)
 }
 
 #[test]
 fn proxy_protocol_v2_header_carries_address_cn_and_uri_to_the_upstream() {
     let pki = Pki::new();
-    let (up, upstream) = proxy_upstream();
+    let (up, upstream) = proxy_upstream(3);
     let up = up.to_string();
     let gw = gateway(&pki, true, 1, &["--upstream", &up, "--proxy-protocol"]);
     let port = gw.addr.port();
@@ -637,7 +666,9 @@ fn proxy_protocol_v2_header_carries_address_cn_and_uri_to_the_upstream() {
     let (body, local) = stdout.rsplit_once('\n').unwrap();
     assert_eq!(body, "upstream-ok");
     let curl_addr: SocketAddr = local.parse().unwrap();
-    let seen = upstream.join().expect("upstream parsed the header");
+    let seen = upstream
+        .recv_timeout(Duration::from_secs(10))
+        .expect("upstream parsed the header");
     assert_eq!(
         seen.source,
         Some(curl_addr),
@@ -668,6 +699,42 @@ fn proxy_protocol_v2_header_carries_address_cn_and_uri_to_the_upstream() {
             .starts_with("GET /logistics-objects/awb-1 HTTP/1.1\r\n"),
         "the request follows the header: {seen:?}"
     );
+
+    // Full and resumed TLS 1.3 sessions with openssl: a resumed session (no certificate on
+    // the wire) still tells the upstream who the client is, flagged as from the session.
+    let sess = pki.path("pp.sess");
+    for (mode, flag, resumed) in [
+        ("-sess_out", "New, TLSv1.3", false),
+        ("-sess_in", "Reused, TLSv1.3", true),
+    ] {
+        let out = s_client_with(
+            gw.addr,
+            &cert_args(&pki, "client", &["-tls1_3", mode, &sess]),
+        );
+        assert!(out.contains(flag), "{out}");
+        assert!(out.contains("upstream-ok"), "{out}");
+        let seen = upstream
+            .recv_timeout(Duration::from_secs(10))
+            .expect("upstream parsed the header");
+        let expect_flags = if resumed {
+            0x01 | 0x04
+        } else {
+            0x01 | 0x02 | 0x04
+        };
+        assert_eq!(seen.ssl_client, expect_flags, "resumed={resumed}: {seen:?}");
+        assert_eq!(seen.ssl_verify, 0, "resumed={resumed}: {seen:?}");
+        assert_eq!(
+            seen.cn.as_deref(),
+            Some("acme-cargo"),
+            "resumed={resumed}: {seen:?}"
+        );
+        assert_eq!(
+            seen.uris,
+            vec![format!("{URI_PREFIX}acme-cargo")],
+            "resumed={resumed}: {seen:?}"
+        );
+        assert!(seen.request.starts_with("GET / HTTP/1.0\r\n"), "{seen:?}");
+    }
 }
 
 /// A keep-alive HTTP upstream: `/slow` is answered after `delay` (and announced on `slow`);
