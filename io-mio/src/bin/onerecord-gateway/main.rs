@@ -365,12 +365,13 @@ fn run(
     reload: impl Fn(Option<ServerPolicy>) -> Result<Mode, ConfigFail> + Send + Sync + 'static,
 ) -> Result<(), ConfigFail> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let addrs: Vec<String> = listeners.iter().map(|l| l.addr.to_string()).collect();
     let handle = onerecord_tls_mio::start(ServerConfig {
         listeners,
         workers: common.workers,
         limits: limits(common)?,
     })
-    .map_err(|e| ConfigFail(format!("--listen: {e}")))?;
+    .map_err(|e| ConfigFail(format!("--listen {}: {e}", addrs.join(", "))))?;
     let handle = Arc::new(handle);
     for a in handle.local_addrs() {
         info!("listening on {a}");
