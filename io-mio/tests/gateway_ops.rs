@@ -310,6 +310,23 @@ fn stalled_handshakes_and_idle_connections_are_closed_on_time() {
         &["--handshake-timeout", "1", "--idle-timeout", "1.5"],
     );
     let hello = client_hello(&pki);
+    // A connection with a request every 0.8 s is never idle for 1.5 s: it stays open.
+    let busy = {
+        let (c, addr) = (client(&pki, Some("client")), gw.addr);
+        std::thread::spawn(move || {
+            let mut s = c.connect(addr, "localhost").unwrap();
+            for i in 1..=4 {
+                if i > 1 {
+                    std::thread::sleep(Duration::from_millis(800));
+                }
+                let r = http_get(&mut s, "/").map_err(|e| format!("request {i}: {e}"))?;
+                if !r.contains(&format!("\"number_on_connection\":{i}")) {
+                    return Err(format!("request {i}: {r}"));
+                }
+            }
+            Ok::<(), String>(())
+        })
+    };
     let silent = time_to_close(gw.addr, Vec::new());
     let half = time_to_close(gw.addr, hello[..hello.len() / 2].to_vec());
 
@@ -337,6 +354,9 @@ fn stalled_handshakes_and_idle_connections_are_closed_on_time() {
             "{what} connection closed after {took:?}, timeout is 1 s"
         );
     }
+    busy.join()
+        .unwrap()
+        .expect("an active connection is not closed as idle");
     assert!(
         idle >= Duration::from_millis(1300) && idle <= Duration::from_millis(3000),
         "idle connection closed after {idle:?}, idle timeout is 1.5 s"
@@ -908,40 +928,68 @@ fn sigterm_drain_closes_idle_service_connections_at_once_and_is_bounded_by_the_d
 fn bad_configuration_exits_2_and_names_the_file() {
     let pki = Pki::new();
     std::fs::write(pki.path("empty.pem"), b"").unwrap();
-    let missing = pki.path("missing.pem");
-    let cases: [(&str, Vec<String>, String); 3] = [
+    std::fs::write(pki.path("garbage.crl"), b"not a CRL at all").unwrap();
+    std::fs::write(pki.path("short.keys"), b"c2hvcnQ=\n").unwrap();
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let args = |cert: &str, key: &str, extra: &[&str]| -> Vec<String> {
+        let mut v = vec![
+            "--cert".to_string(),
+            pki.path(cert),
+            "--key".to_string(),
+            pki.path(key),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let (empty, crl, keys) = (
+        pki.path("empty.pem"),
+        pki.path("garbage.crl"),
+        pki.path("short.keys"),
+    );
+    let cases: Vec<(&str, Vec<String>, String)> = vec![
         (
             "missing certificate",
-            vec![
-                "--cert".into(),
-                missing.clone(),
-                "--key".into(),
-                pki.path("server.key"),
-            ],
-            missing,
+            args("missing.pem", "server.key", &[]),
+            pki.path("missing.pem"),
+        ),
+        (
+            "missing key",
+            args("server.pem", "missing.key", &[]),
+            pki.path("missing.key"),
         ),
         (
             "key of another certificate",
-            vec![
-                "--cert".into(),
-                pki.path("server.pem"),
-                "--key".into(),
-                pki.path("client.key"),
-            ],
+            args("server.pem", "client.key", &[]),
             pki.path("client.key"),
         ),
         (
             "empty CA file",
-            vec![
-                "--cert".into(),
-                pki.path("server.pem"),
-                "--key".into(),
-                pki.path("server.key"),
-                "--client-ca".into(),
-                pki.path("empty.pem"),
-                "--require-client-cert".into(),
-            ],
-            pki.path("empty.pem"),
+            args(
+                "server.pem",
+                "server.key",
+                &["--client-ca", &empty, "--require-client-cert"],
+            ),
+            empty.clone(),
+        ),
+        (
+            "unreadable CRL",
+            args(
+                "server.pem",
+                "server.key",
+                &["--client-ca", &pki.path("ca.pem"), "--crl", &crl],
+            ),
+            crl.clone(),
+        ),
+        (
+            "ticket key of the wrong size",
+            args("server.pem", "server.key", &["--ticket-keys", &keys]),
+            keys.clone(),
+        ),
+        (
+            "listen address in use",
+            args("server.pem", "server.key", &["--listen", &busy_addr]),
+            busy_addr.clone(),
         ),
     ];
     for (what, args, file) in cases {
