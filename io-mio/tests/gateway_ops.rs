@@ -660,7 +660,7 @@ fn proxy_upstream(n: usize) -> (SocketAddr, mpsc::Receiver<ProxySeen>) {
 #[test]
 fn proxy_protocol_v2_header_carries_address_cn_and_uri_to_the_upstream() {
     let pki = Pki::new();
-    let (up, upstream) = proxy_upstream(3);
+    let (up, upstream) = proxy_upstream(5);
     let up = up.to_string();
     let gw = gateway(&pki, true, 1, &["--upstream", &up, "--proxy-protocol"]);
     let port = gw.addr.port();
@@ -722,39 +722,42 @@ fn proxy_protocol_v2_header_carries_address_cn_and_uri_to_the_upstream() {
 
     // Full and resumed TLS 1.3 sessions with openssl: a resumed session (no certificate on
     // the wire) still tells the upstream who the client is, flagged as from the session.
-    let sess = pki.path("pp.sess");
-    for (mode, flag, resumed) in [
-        ("-sess_out", "New, TLSv1.3", false),
-        ("-sess_in", "Reused, TLSv1.3", true),
-    ] {
-        let out = s_client_with(
-            gw.addr,
-            &cert_args(&pki, "client", &["-tls1_3", mode, &sess]),
-        );
-        assert!(out.contains(flag), "{out}");
-        assert!(out.contains("upstream-ok"), "{out}");
-        let seen = upstream
-            .recv_timeout(Duration::from_secs(10))
-            .expect("upstream parsed the header");
-        let expect_flags = if resumed {
-            0x01 | 0x04
-        } else {
-            0x01 | 0x02 | 0x04
-        };
-        assert_eq!(seen.ssl_client, expect_flags, "resumed={resumed}: {seen:?}");
-        assert_eq!(seen.ssl_verify, 0, "resumed={resumed}: {seen:?}");
-        assert_eq!(
-            seen.cn.as_deref(),
-            Some("acme-cargo"),
-            "resumed={resumed}: {seen:?}"
-        );
-        assert_eq!(
-            seen.uris,
-            vec![format!("{URI_PREFIX}acme-cargo")],
-            "resumed={resumed}: {seen:?}"
-        );
-        assert!(seen.request.starts_with("GET / HTTP/1.0\r\n"), "{seen:?}");
+    for (v, name) in [("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")] {
+        let sess = pki.path(&format!("pp{v}.sess"));
+        for (mode, resumed) in [("-sess_out", false), ("-sess_in", true)] {
+            let out = s_client_with(gw.addr, &cert_args(&pki, "client", &[v, mode, &sess]));
+            let flag = format!("{}, {name}", if resumed { "Reused" } else { "New" });
+            assert!(out.contains(&flag), "{flag}:\n{out}");
+            assert!(out.contains("upstream-ok"), "{out}");
+            check_resumed_header(&upstream, resumed, name);
+        }
     }
+}
+
+/// The next header the PROXY upstream parsed, for an openssl connection (full or resumed).
+fn check_resumed_header(upstream: &mpsc::Receiver<ProxySeen>, resumed: bool, version: &str) {
+    let seen = upstream
+        .recv_timeout(Duration::from_secs(10))
+        .expect("upstream parsed the header");
+    let expect_flags = if resumed {
+        0x01 | 0x04
+    } else {
+        0x01 | 0x02 | 0x04
+    };
+    assert_eq!(seen.ssl_client, expect_flags, "resumed={resumed}: {seen:?}");
+    assert_eq!(seen.ssl_verify, 0, "resumed={resumed}: {seen:?}");
+    assert_eq!(
+        seen.cn.as_deref(),
+        Some("acme-cargo"),
+        "resumed={resumed}: {seen:?}"
+    );
+    assert_eq!(
+        seen.uris,
+        vec![format!("{URI_PREFIX}acme-cargo")],
+        "resumed={resumed}: {seen:?}"
+    );
+    assert!(seen.request.starts_with("GET / HTTP/1.0\r\n"), "{seen:?}");
+    assert_eq!(seen.version.as_deref(), Some(version), "{seen:?}");
 }
 
 /// A keep-alive HTTP upstream: `/slow` is answered after `delay` (and announced on `slow`);
