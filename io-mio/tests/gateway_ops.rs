@@ -171,8 +171,7 @@ fn max_connections_closes_the_excess_keeps_the_established_and_recovers() {
     let mut fresh = loop {
         match c.connect(gw.addr, "localhost") {
             Ok(s) => break s,
-            Err(e) if start.elapsed() < Duration::from_secs(5) => {
-                let _ = e;
+            Err(_) if start.elapsed() < Duration::from_secs(5) => {
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) => panic!("no new connection accepted after one closed: {e}"),
