@@ -425,6 +425,10 @@ struct Conn {
     deadline: Option<Instant>,
     queued: bool,
     counted_failure: bool,
+    /// Our side is shut down; the peer's remaining input is read and dropped until it closes
+    /// (or the linger deadline), so that closing never resets the connection under an alert
+    /// the peer has not read yet (a close with unread input sends a TCP RST).
+    lingering: Option<usize>,
 }
 
 /// What a timer firing means for a connection.
@@ -719,6 +723,7 @@ impl Worker {
                 deadline: None,
                 queued: false,
                 counted_failure: false,
+                lingering: None,
             })
             .ok_or_else(|| io::Error::other("connection table full"))?;
         let Some(c) = self.conns.get_mut(key) else {
@@ -849,6 +854,33 @@ enum Done {
     Remove,
 }
 
+/// Most input a lingering connection may make us read and drop before it is closed anyway.
+const LINGER_DISCARD_MAX: usize = 256 * 1024;
+
+/// Read and drop what a lingering peer still sends. `true` when the connection can go: the
+/// peer closed, failed, or sent more than [`LINGER_DISCARD_MAX`].
+fn discard_input(c: &mut Conn) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.tls.stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                let total = c.lingering.unwrap_or(0) + n;
+                c.lingering = Some(total);
+                if total > LINGER_DISCARD_MAX {
+                    return true;
+                }
+            }
+            Err(e) if is_would_block(&e) => {
+                c.tls.readable = false;
+                return false;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+}
+
 fn is_would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
@@ -874,6 +906,13 @@ fn drive(
             debug!("closing idle connection from {}", c.remote);
             c.close_after_flush = true;
         }
+    }
+    if c.lingering.is_some() {
+        return if discard_input(c) {
+            Done::Remove
+        } else {
+            Done::Wait
+        };
     }
     // Connects in progress.
     if !c.tls.connected && (c.tls.writable || c.tls.readable) {
@@ -1077,9 +1116,17 @@ fn drive(
     }
     if c.session.error().is_some() {
         // The alert (or the 400) is out: close. Otherwise linger until it is.
-        if flushed || c.tls.eof {
-            let _ = c.tls.stream.shutdown(Shutdown::Write);
+        if c.tls.eof {
             return Done::Remove;
+        }
+        if flushed {
+            let _ = c.tls.stream.shutdown(Shutdown::Write);
+            c.lingering = Some(0);
+            return if discard_input(c) {
+                Done::Remove
+            } else {
+                Done::Wait
+            };
         }
         return Done::Wait;
     }
