@@ -199,6 +199,41 @@ fn plaintext_http_on_the_tls_port_gets_400() {
     assert!(gw.log().contains("failure=plaintext"), "{}", gw.log());
 }
 
+/// A peer that keeps sending after the gateway refused it still reads the whole refusal and
+/// a clean end of stream: the gateway drains its input instead of closing into a TCP reset
+/// (which would destroy the refusal before the peer reads it).
+#[test]
+fn refused_peer_that_keeps_sending_reads_the_refusal_and_a_clean_close() {
+    let pki = Pki::new();
+    let gw = mtls_server(&pki, &[]);
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.write_all(b"POST /logistics-objects HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n")
+        .unwrap();
+    // Let the gateway answer and shut its side down, then keep sending the "body".
+    std::thread::sleep(Duration::from_millis(300));
+    let junk = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    for _ in 0..3 {
+        match s.write(&junk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        sent > 0,
+        "the gateway must still accept input while lingering"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let end = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("requires HTTPS"), "{text}");
+    assert!(end.is_ok(), "clean end of stream, not a reset: {end:?}");
+}
+
 /// An upstream that answers every HTTP request with what it received, then closes.
 fn http_upstream() -> (u16, std::thread::JoinHandle<Vec<u8>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
