@@ -158,6 +158,9 @@ struct Slot {
     warm: bool,
     attempts: u32,
     dead: bool,
+    /// Failed: open again at the next tick (never at once, so a refused connect cannot
+    /// turn into a busy loop or a recursion).
+    retry: bool,
 }
 
 struct Driver<'a> {
@@ -270,10 +273,7 @@ impl Driver<'_> {
         if self.cfg.mode == Mode::Idle {
             self.phase = Phase::IdleOpen;
             let limit = t0 + self.cfg.io_timeout.max(Duration::from_secs(1)) * 6;
-            let first = self.cfg.concurrency.min(self.slots.len());
-            for _ in 0..first {
-                self.open_next_idle();
-            }
+            self.top_up();
             self.pump(limit, |d| d.in_flight == 0 && d.next_idle >= d.slots.len())?;
             self.out.window = t0.elapsed();
             self.out.server_cpu_us = diff(cpu0, opt(procstat::cpu_micros_sum(&pids), &pids)?);
@@ -332,10 +332,12 @@ impl Driver<'_> {
                 let i = ev.token().0;
                 self.on_ready(i, ev.is_readable() || ev.is_read_closed(), ev.is_writable());
             }
+            self.top_up();
             let now = Instant::now();
             if now >= next_tick {
                 next_tick = now + TICK;
                 self.check_deadlines(now);
+                self.retry_failed();
             }
         }
     }
@@ -397,14 +399,26 @@ impl Driver<'_> {
         }
     }
 
-    fn open_next_idle(&mut self) {
-        while self.next_idle < self.slots.len() {
+    /// `idle`: keep `--concurrency` new connections in flight until all are opened. A
+    /// connect that fails at once only lowers `in_flight`, so this loop ends after at most
+    /// one attempt per slot.
+    fn top_up(&mut self) {
+        if self.phase != Phase::IdleOpen {
+            return;
+        }
+        while self.in_flight < self.cfg.concurrency && self.next_idle < self.slots.len() {
             let i = self.next_idle;
             self.next_idle += 1;
             self.in_flight += 1;
             self.open(i);
-            if self.slots[i].conn.is_some() {
-                return;
+        }
+    }
+
+    /// Reopen the slots whose connection failed (warm-up and measured window).
+    fn retry_failed(&mut self) {
+        for i in 0..self.slots.len() {
+            if std::mem::take(&mut self.slots[i].retry) && self.slots[i].conn.is_none() {
+                self.open(i);
             }
         }
     }
@@ -510,7 +524,6 @@ impl Driver<'_> {
                 c.tls.release_buffers();
                 self.out.connections += 1;
                 self.in_flight -= 1;
-                self.open_next_idle();
             }
             (Phase::IdleHold, _) => {}
         }
@@ -533,14 +546,11 @@ impl Driver<'_> {
                         self.warm_pending -= 1;
                     }
                 } else {
-                    self.open(i);
+                    s.retry = true;
                 }
             }
-            Phase::Measure => self.open(i),
-            Phase::IdleOpen => {
-                self.in_flight = self.in_flight.saturating_sub(1);
-                self.open_next_idle();
-            }
+            Phase::Measure => self.slots[i].retry = true,
+            Phase::IdleOpen => self.in_flight = self.in_flight.saturating_sub(1),
             Phase::IdleHold => {}
         }
     }
