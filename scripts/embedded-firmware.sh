@@ -22,14 +22,16 @@ fi
 
 cd io-embedded/firmware
 # The CC/AR/CFLAGS for ring come from io-embedded/firmware/.cargo/config.toml.
-cargo build --release --locked
+cargo build --release
 target_dir="${CARGO_TARGET_DIR:-target}"
 case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
 elf="$target_dir/$target/release/onerecord-tls-firmware"
 
 echo "== size (flash = text + rodata + data; static RAM = data + bss)"
 riscv64-unknown-elf-size -A "$elf" | grep -E '^\.(text|rodata|data|bss|stack) '
-riscv64-unknown-elf-size -B "$elf"
+# size-client / size-server: one role alone (size probes, not run).
+riscv64-unknown-elf-size -B "$elf" "$target_dir/$target/release/size-client" \
+    "$target_dir/$target/release/size-server"
 
 echo "== run under qemu-system-riscv32 -machine virt -bios none"
 log="$(mktemp)"

@@ -39,6 +39,8 @@ struct State {
     role: usize,
     roles: [Counts; 3],
     total: Counts,
+    /// Highest live bytes ever (never reset).
+    high_water: isize,
 }
 
 pub struct Counting {
@@ -61,6 +63,7 @@ pub static HEAP: Counting = Counting {
             peak: 0,
             allocs: 0,
         },
+        high_water: 0,
     })),
 };
 
@@ -92,6 +95,7 @@ impl Counting {
             let role = s.role;
             update(&mut s.roles[role], delta, alloc);
             update(&mut s.total, delta, alloc);
+            s.high_water = s.high_water.max(s.total.live);
         });
     }
 
@@ -121,6 +125,11 @@ impl Counting {
     /// Counters of `role`.
     pub fn role(&self, role: Role) -> Counts {
         critical_section::with(|cs| self.state.borrow_ref(cs).roles[role as usize])
+    }
+
+    /// Highest live heap bytes since boot.
+    pub fn high_water(&self) -> isize {
+        critical_section::with(|cs| self.state.borrow_ref(cs).high_water)
     }
 
     /// Counters of everything.

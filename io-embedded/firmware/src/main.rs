@@ -10,7 +10,7 @@
 //! QEMU with status 0, or non-zero on any failure.
 //!
 //! What a firmware author provides is all here: the allocator (`heap.rs`), the random source
-//! (`getrandom` custom hook below: **a demo generator, not a CSPRNG**; use the chip's TRNG),
+//! (`getrandom` custom hook in `rt.rs`: **a demo generator, not a CSPRNG**; use the chip's TRNG),
 //! the clock (`LastKnownTime` from the build time plus the CLINT timer), CAS atomics (the
 //! `A` extension).
 
@@ -47,32 +47,6 @@ static mut CLIENT_OUT: [u8; OUT] = [0; OUT];
 static mut SERVER_IN: [u8; MIN_INCOMING] = [0; MIN_INCOMING];
 static mut SERVER_OUT: [u8; OUT] = [0; OUT];
 static mut PLAINTEXT: [u8; 16_384] = [0; 16_384];
-
-// --- The random source (demo only) -------------------------------------------------------
-
-static RNG: critical_section::Mutex<core::cell::Cell<u64>> =
-    critical_section::Mutex::new(core::cell::Cell::new(0x243f_6a88_85a3_08d3));
-
-/// NOT A CSPRNG: QEMU `virt` has no TRNG this firmware can reach without a virtio driver,
-/// so this demo uses SplitMix64 stirred with the timer. Real firmware registers its
-/// hardware TRNG here.
-fn demo_random(buf: &mut [u8]) -> Result<(), getrandom::Error> {
-    critical_section::with(|cs| {
-        let cell = RNG.borrow(cs);
-        let mut s = cell.get() ^ rt::millis().rotate_left(17);
-        for chunk in buf.chunks_mut(8) {
-            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
-        }
-        cell.set(s);
-    });
-    Ok(())
-}
-getrandom::register_custom_getrandom!(demo_random);
 
 // --- The clock --------------------------------------------------------------------------
 
@@ -497,7 +471,12 @@ extern "C" fn fw_main() -> ! {
     );
     stream_mode(&client_policy, &server_policies, boot_ms);
 
-    println!("heap live at the end: {} bytes", HEAP.total().live);
+    println!(
+        "heap live at the end: {} bytes; high-water since boot: {} of {} bytes",
+        HEAP.total().live,
+        HEAP.high_water(),
+        heap::HEAP_SIZE
+    );
     println!("PASS");
     rt::exit(0)
 }
