@@ -25,6 +25,8 @@ pub struct Counters {
     pub idle_timeouts: u64,
     /// Failures to reach or talk to the upstream / remote.
     pub upstream_errors: u64,
+    /// `accept` failures other than "would block" (usually: out of file descriptors).
+    pub accept_errors: u64,
     /// Connections finished (any way).
     pub closed: u64,
 }
@@ -51,6 +53,7 @@ impl Counters {
         self.plaintext_http += o.plaintext_http;
         self.idle_timeouts += o.idle_timeouts;
         self.upstream_errors += o.upstream_errors;
+        self.accept_errors += o.accept_errors;
         self.closed += o.closed;
     }
 }
@@ -182,6 +185,12 @@ impl Metrics {
                 "counter",
                 "Failures to reach or talk to the upstream.",
                 c.upstream_errors,
+            ),
+            (
+                "onerecord_accept_errors_total",
+                "counter",
+                "Failed accepts (usually out of file descriptors; raise the limit or lower --max-connections).",
+                c.accept_errors,
             ),
         ];
         for (name, kind, help, v) in gauge_or_counter {

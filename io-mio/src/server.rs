@@ -287,6 +287,7 @@ pub fn start(config: ServerConfig) -> io::Result<ServerHandle> {
             dirty: Vec::new(),
             draining: None,
             accept_retry: None,
+            accept_warned: None,
             last_rotation_check: Instant::now(),
         };
         let t = std::thread::Builder::new()
@@ -451,6 +452,8 @@ struct Worker {
     dirty: Vec<Key>,
     draining: Option<Instant>,
     accept_retry: Option<Instant>,
+    /// When an accept failure was last logged, and how many were not logged since.
+    accept_warned: Option<(Instant, u64)>,
     last_rotation_check: Instant,
 }
 
@@ -566,6 +569,7 @@ impl Worker {
             c.plaintext_http += local.plaintext_http;
             c.idle_timeouts += local.idle_timeouts;
             c.upstream_errors += local.upstream_errors;
+            c.accept_errors += local.accept_errors;
             c.closed += local.closed;
         }
     }
@@ -638,9 +642,21 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // Out of descriptors or similar: the pending connection stays in the
-                    // backlog; try again shortly (no new edge would wake us for it).
-                    warn!("accept on listener {index} failed: {e}");
-                    self.accept_retry = Some(Instant::now() + Duration::from_millis(50));
+                    // backlog; try again shortly (no new edge would wake us for it). Logged at
+                    // most once a second per worker.
+                    let now = Instant::now();
+                    self.local.accept_errors += 1;
+                    match &mut self.accept_warned {
+                        Some((at, quiet)) if now < *at + Duration::from_secs(1) => *quiet += 1,
+                        w => {
+                            let quiet = w.map_or(0, |(_, q)| q);
+                            warn!(
+                                "accept on listener {index} failed: {e} ({quiet} more failures not logged)"
+                            );
+                            *w = Some((now, 0));
+                        }
+                    }
+                    self.accept_retry = Some(now + Duration::from_millis(50));
                     return;
                 }
             };

@@ -400,3 +400,57 @@ fn client_mode_forwards_plain_tcp_over_mtls_to_openssl_s_server_and_resumes() {
     );
     drop(server);
 }
+
+/// The gateway raises its open-files soft limit to the hard limit at start (each connection
+/// needs a descriptor), and warns when `--max-connections` cannot be reached.
+#[test]
+fn open_files_limit_is_raised_to_the_hard_limit() {
+    let pki = Pki::new();
+    let mut child = Command::new("prlimit")
+        .arg("--nofile=64:4096")
+        .arg(env!("CARGO_BIN_EXE_onerecord-gateway"))
+        .args(["server", "--listen", "127.0.0.1:0", "--workers", "1"])
+        .args([
+            "--cert",
+            &pki.path("server.pem"),
+            "--key",
+            &pki.path("server.key"),
+        ])
+        .args(["--max-connections", "10000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prlimit (util-linux)");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut log = Vec::new();
+        let mut buf = [0u8; 4096];
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            match stderr.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => log.extend_from_slice(&buf[..n]),
+            }
+            if log.windows(13).any(|w| w == b"listening on ") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&log).into_owned()
+    });
+    let log = reader.join().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_string();
+    let soft: u64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert_eq!(soft, 4096, "{line}");
+    assert!(
+        log.contains("open-files limit is 4096") && log.contains("--max-connections 10000"),
+        "warns that 10000 connections cannot fit: {log}"
+    );
+}

@@ -365,6 +365,21 @@ fn run(
     reload: impl Fn(Option<ServerPolicy>) -> Result<Mode, ConfigFail> + Send + Sync + 'static,
 ) -> Result<(), ConfigFail> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    // Every connection needs a descriptor (two when proxied): raise the soft limit to the hard
+    // one, as servers do, and say so when --max-connections cannot be reached.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let need = 2 * common.max_connections as u64 + 64;
+            if limit < need {
+                warn!(
+                    "open-files limit is {limit}: fewer than the {need} descriptors that \
+                     --max-connections {} may need (raise `ulimit -n` or lower --max-connections)",
+                    common.max_connections
+                );
+            }
+        }
+        Err(e) => warn!("cannot raise the open-files limit: {e}"),
+    }
     let addrs: Vec<String> = listeners.iter().map(|l| l.addr.to_string()).collect();
     let handle = onerecord_tls_mio::start(ServerConfig {
         listeners,
