@@ -201,7 +201,9 @@ pub fn s_client(addr: SocketAddr, args: &[&str], stdin: &[u8]) -> Output {
         .spawn()
         .expect("openssl s_client");
     let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin).unwrap();
+    // openssl may exit (a refused handshake) before reading its input: a broken pipe here
+    // is part of what is being tested, not a failure.
+    let _ = input.write_all(stdin);
     drop(input);
     child.wait_with_output().expect("s_client output")
 }
