@@ -416,13 +416,15 @@ impl<S: Storage> Engine<S> {
                 Step::Continue => {}
                 Step::Blocked => {
                     if self.incoming.is_full() {
+                        // rustls has no way to queue an alert of ours mid-handshake (it may
+                        // have to be encrypted), so none is sent and none is reported.
                         let limit = self.incoming.limit();
                         return Err(self.fail_reason(
                             Reason::BufferLimit {
                                 required: limit + 1,
                                 limit,
                             },
-                            Some(Alert::InternalError),
+                            None,
                         ));
                     }
                     return Ok(());
