@@ -1,0 +1,4 @@
+#![no_main]
+//! See `onerecord_tls_fuzz::targets::client_hello`.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| onerecord_tls_fuzz::targets::client_hello(data));
