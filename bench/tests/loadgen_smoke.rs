@@ -2,7 +2,8 @@
 //! in-process gateway (`onerecord-tls-mio` with the identity responder, mTLS required) and
 //! the `rustls-mio-server` baseline in every mode, and every run must complete handshakes
 //! and requests with zero failures. A run against a server that refuses the client must
-//! report the refusal instead of numbers.
+//! report the refusal instead of numbers. `openssl s_server -www` checks responses framed by
+//! the connection's end against a real peer.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -270,4 +271,70 @@ fn loadgen_drives_the_rustls_mio_baseline_in_every_mode_without_failures() {
     assert_eq!(n(&idle, "failures"), 0, "{idle}");
     assert_eq!(n(&idle, "idle_open"), 40, "{idle}");
     assert!(n(&idle, "server_rss_end") > 0, "{idle}");
+}
+
+#[test]
+fn loadgen_reads_openssl_s_server_responses_framed_by_the_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    gen_pki(d);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    // `-www` answers HTTP/1.0 without a Content-Length and closes; `-Verify 1` requires a
+    // client certificate.
+    let server = Killed(
+        Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-Verify", "1", "-accept"])
+            .arg(addr.to_string())
+            .arg("-cert")
+            .arg(d.join("server.pem"))
+            .arg("-key")
+            .arg(d.join("server.key"))
+            .arg("-CAfile")
+            .arg(d.join("ca.pem"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server (scripts/install-deps.sh installs openssl)"),
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < end, "openssl s_server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = server.0.id().to_string();
+    for mode in ["full", "resumed"] {
+        let r = report(&loadgen(
+            addr,
+            d,
+            true,
+            &["--mode", mode, "--server-pid", &pid],
+        ));
+        assert_eq!(n(&r, "failures"), 0, "{r}");
+        assert!(n(&r, "requests") > 0, "{r}");
+        if mode == "resumed" {
+            assert!(n(&r, "handshakes_resumed") > 0, "{r}");
+        }
+    }
+    // s_server closes after each response: a kept-alive run must say so, not count requests.
+    let ka = loadgen(
+        addr,
+        d,
+        true,
+        &["--mode", "keepalive", "--server-pid", &pid],
+    );
+    assert_ne!(ka.status.code(), Some(0), "{ka:?}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ka.stdout),
+        String::from_utf8_lossy(&ka.stderr)
+    );
+    assert!(
+        text.contains("does not keep the connection alive"),
+        "{text}"
+    );
 }
