@@ -150,6 +150,18 @@ impl Gateway {
         self.log().lines().filter(|l| l.contains(needle)).count()
     }
 
+    /// Wait (bounded) until at least `n` log lines contain `needle`; the count then.
+    pub fn wait_for_count(&self, needle: &str, n: usize, within: Duration) -> usize {
+        let start = Instant::now();
+        loop {
+            let count = self.log_count(needle);
+            if count >= n || start.elapsed() >= within {
+                return count;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Send a signal (`HUP`, `TERM`, ...) to the gateway.
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
