@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 secs="${1:-30}"
-targets="${FUZZ_TARGETS:-server_stream client_stream handshake_mutation client_hello pem_policy cert_info fixed_buffers}"
+targets="${FUZZ_TARGETS:-server_stream client_stream handshake_mutation client_hello pem_policy cert_info fixed_buffers embedded_tls}"
 
 # Toolchain: nightly (libFuzzer needs -Zsanitizer and coverage flags). If no nightly can be
 # installed, fall back to the default toolchain with RUSTC_BOOTSTRAP=1 (same flags).

@@ -228,6 +228,15 @@ fn main() {
             &format!("{name}-back"),
             &Script::to_bytes(ccfg, &[Op::Back(400 * 86_400_000)], &sstream),
         );
+        // (g) the embedded adapter: the same scripts, server and client side.
+        for sizes in [0x0fu8, 0x33, 0x1a] {
+            let mut v = vec![sizes, 0];
+            v.extend(Script::to_bytes(cfg, &per_flight, &stream));
+            out.put("embedded_tls", &format!("{name}-server-{sizes:02x}"), &v);
+            let mut v = vec![sizes, 1];
+            v.extend(Script::to_bytes(ck.selector(), &sflights, &sstream));
+            out.put("embedded_tls", &format!("{name}-client-{sizes:02x}"), &v);
+        }
         // (d) the admission parser: the first client flight, whole and cut.
         out.put("client_hello", name, &rec.client[0]);
         out.put(
@@ -282,6 +291,16 @@ fn main() {
                 "fixed_buffers",
                 &format!("pair-{sc:?}-s{sizes}"),
                 &[sizes, 1, s],
+            );
+        }
+    }
+
+    for cfg in 0..4u8 {
+        for sizes in [0x0fu8, 0x0e, 0x07, 0x3d, 0x21] {
+            out.put(
+                "embedded_tls",
+                &format!("pair-{cfg}-{sizes:02x}"),
+                &[sizes, 2, cfg],
             );
         }
     }
