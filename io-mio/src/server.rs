@@ -662,7 +662,13 @@ impl Worker {
             };
             self.local.accepted += 1;
             let active = self.shared.metrics.active.clone();
-            if active.load(Ordering::Relaxed) >= self.shared.limits.max_connections {
+            // Take a slot atomically: workers accept concurrently, and a load-then-add would
+            // let two of them pass the cap together.
+            let max = self.shared.limits.max_connections;
+            let took = active.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            });
+            if took.is_err() {
                 self.local.refused_capacity += 1;
                 info!(
                     target: "onerecord::refused",
@@ -672,7 +678,6 @@ impl Worker {
                 drop(stream);
                 continue;
             }
-            active.fetch_add(1, Ordering::Relaxed);
             let mode = match self.shared.modes[index].read() {
                 Ok(m) => m.clone(),
                 Err(p) => p.into_inner().clone(),
