@@ -19,6 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+all_args="$*"
 duration=4
 concurrency=16
 idle=10000
@@ -273,7 +274,9 @@ for peer in $peers; do
 done
 
 echo
-echo "== results: $started, $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)), $(uname -r)"
+rev=$(git rev-parse --short HEAD 2>/dev/null || echo "not a git checkout")
+echo "== results: $started, commit $rev, $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)), $(uname -r)"
+echo "   bash scripts/bench-peers.sh $all_args"
 echo "   loadgen: one client thread on the same machine; server CPU = utime+stime of the server"
 echo "   process(es) over each measured window; latency is wall time seen by the client."
 echo "   full/resumed: a new connection per request; keep-alive: requests on $concurrency open"
