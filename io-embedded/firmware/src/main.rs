@@ -20,6 +20,7 @@
 extern crate alloc;
 
 mod heap;
+#[cfg_attr(target_arch = "arm", path = "rt_arm.rs")]
 mod rt;
 
 use alloc::vec::Vec;
@@ -407,7 +408,12 @@ extern "C" fn fw_main() -> ! {
         boot_ms,
     };
     let now = clock.now();
-    println!("onerecord-tls firmware: RV32IMAC, QEMU virt; time {now} (build time + timer)");
+    let board = if cfg!(target_arch = "arm") {
+        "Cortex-M4F, QEMU mps2-an386"
+    } else {
+        "RV32IMAC, QEMU virt"
+    };
+    println!("onerecord-tls firmware: {board}; time {now} (build time + timer)");
 
     let (server_policies, client_policy, tls12_policy) = HEAP.as_role(Role::Setup, || {
         let mut trust = TrustStore::new();

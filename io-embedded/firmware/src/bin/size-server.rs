@@ -11,7 +11,8 @@ extern crate alloc;
 #[path = "../heap.rs"]
 mod heap;
 #[allow(dead_code)]
-#[path = "../rt.rs"]
+#[cfg_attr(target_arch = "riscv32", path = "../rt.rs")]
+#[cfg_attr(target_arch = "arm", path = "../rt_arm.rs")]
 mod rt;
 
 use core::ptr::addr_of_mut;
