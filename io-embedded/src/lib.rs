@@ -68,9 +68,11 @@
 //!   `capacity` servers, at most 4 TLS 1.3 tickets and 1 TLS 1.2 session each);
 //! - per session: rustls' connection state (boxed), the handshake transcript and each queued
 //!   handshake message, the peer's certificate chain (kept in the [`PeerIdentity`]);
-//! - on the data path: one heap buffer per encrypted record, of the record's size (bounded by
-//!   [`Tls::write_cap`]), freed before `send` returns; received records are decrypted in
-//!   place in the incoming buffer.
+//! - on the data path, sending: one heap buffer per encrypted record, of the record's size
+//!   (bounded by [`Tls::write_cap`]), freed before `send` returns;
+//! - on the data path, receiving: records are decrypted in place in the incoming buffer, then
+//!   rustls 0.23 copies each record's plaintext into a heap buffer of its size (up to 16 KiB
+//!   from a generic peer, which chooses the record size) until it has been handed up.
 //!
 //! The crate README has the measured high-water marks (a counting allocator in the firmware
 //! example).
