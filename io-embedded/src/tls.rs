@@ -305,6 +305,14 @@ impl<B: AsMut<[u8]> + AsRef<[u8]>> Tls<B> {
         self.failed.is_some() || self.session.is_terminal()
     }
 
+    /// The error that ended the session, if one did.
+    pub fn error(&self) -> Option<Error> {
+        if let Some(e) = &self.failed {
+            return Some(e.clone());
+        }
+        self.session.error().map(|e| Error::Tls(e.clone()))
+    }
+
     /// When [`Tls::process`] must be called even if nothing arrives (handshake deadline).
     pub fn poll_timeout(&self) -> Option<Time> {
         self.session.poll_timeout()

@@ -256,6 +256,13 @@ fn a_record_larger_than_the_plaintext_buffer_is_a_named_error() {
         }) => assert_eq!(required, 3000, "one record of 3000 plaintext bytes"),
         other => panic!("expected a plaintext BufferTooSmall, got {other:?}"),
     }
+    // The stream stays failed: the lost data is never passed off as a clean end.
+    let mut buf = [0u8; 10];
+    assert!(
+        s.read(&mut buf).is_err(),
+        "a later read reports the failure again"
+    );
+    assert!(s.write(b"more").is_err());
 }
 
 #[test]
