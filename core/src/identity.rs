@@ -316,7 +316,74 @@ impl IdentityRule {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IdentityRules(pub Vec<IdentityRule>);
 
+/// Slots of a [`LeafCache`].
+const LEAF_CACHE_SLOTS: usize = 16;
+
+/// The parsed leaves of recent handshakes of one policy, keyed by their exact DER bytes.
+///
+/// Parsing a leaf (DER decoding, RFC 4514 names, two SHA-256 hashes) costs about 90,000
+/// instructions: more than a whole TLS 1.2 resumption. A client keeps seeing the same server
+/// certificate and an mTLS server the same few partners, and a resumed handshake always
+/// carries the chain of the original one, so a small cache makes the identity almost free.
+/// `CertInfo` is a pure function of the bytes, so a hit is exactly what parsing would give.
+/// Memory: at most 16 certificates and their parsed form (about 20 KiB for typical leaves).
+#[derive(Debug)]
+pub(crate) struct LeafCache {
+    slots: crate::sync::Mutex<LeafSlots>,
+}
+
+impl Default for LeafCache {
+    fn default() -> Self {
+        Self {
+            slots: crate::sync::Mutex::new(LeafSlots::default()),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct LeafSlots {
+    entries: Vec<(Vec<u8>, CertInfo)>,
+    /// Next slot to replace once full (round robin).
+    next: usize,
+}
+
+impl LeafCache {
+    /// `CertInfo::parse(der)`, from the cache when these exact bytes were parsed before.
+    pub(crate) fn parse(&self, der: &[u8]) -> Result<CertInfo, String> {
+        {
+            let slots = self.slots.lock();
+            if let Some((_, info)) = slots.entries.iter().find(|(d, _)| d.as_slice() == der) {
+                return Ok(info.clone());
+            }
+        }
+        let info = CertInfo::parse(der)?;
+        let mut slots = self.slots.lock();
+        if !slots.entries.iter().any(|(d, _)| d.as_slice() == der) {
+            if slots.entries.len() < LEAF_CACHE_SLOTS {
+                slots.entries.push((der.to_vec(), info.clone()));
+            } else {
+                let i = slots.next % LEAF_CACHE_SLOTS;
+                slots.entries[i] = (der.to_vec(), info.clone());
+                slots.next = i + 1;
+            }
+        }
+        Ok(info)
+    }
+}
+
 impl IdentityRules {
+    /// `true` when the leaf `der` is allowed, parsing it through `cache`. A leaf that cannot
+    /// be parsed is refused.
+    pub(crate) fn allows_der_cached(&self, der: &[u8], cache: &LeafCache) -> bool {
+        if self.0.is_empty() {
+            return true;
+        }
+        match cache.parse(der) {
+            Ok(info) => self.allows(&info),
+            Err(_) => false,
+        }
+    }
+
     /// `true` when the leaf `der` is allowed. A leaf that cannot be parsed is refused.
     pub fn allows_der(&self, der: &[u8]) -> bool {
         if self.0.is_empty() {
@@ -367,5 +434,33 @@ mod tests {
         assert!(
             !IdentityRules(alloc::vec![IdentityRule::CommonName("x".into())]).allows_der(&[1, 2])
         );
+    }
+
+    #[test]
+    fn leaf_cache_gives_what_parsing_gives_and_stays_bounded() {
+        let cache = LeafCache::default();
+        let mut ders = Vec::new();
+        for i in 0..(LEAF_CACHE_SLOTS + 4) {
+            let mut p =
+                rcgen::CertificateParams::new(alloc::vec![alloc::format!("h{i}.example")]).unwrap();
+            p.distinguished_name
+                .push(rcgen::DnType::CommonName, alloc::format!("company-{i}"));
+            let key = rcgen::KeyPair::generate().unwrap();
+            ders.push(p.self_signed(&key).unwrap().der().to_vec());
+        }
+        for der in &ders {
+            let parsed = CertInfo::parse(der).unwrap();
+            assert_eq!(cache.parse(der).unwrap(), parsed);
+            assert_eq!(cache.parse(der).unwrap(), parsed, "a hit equals a parse");
+        }
+        assert_eq!(cache.slots.lock().entries.len(), LEAF_CACHE_SLOTS);
+        // The oldest were replaced; they still parse correctly (a miss).
+        let first = CertInfo::parse(&ders[0]).unwrap();
+        assert_eq!(cache.parse(&ders[0]).unwrap(), first);
+        assert_eq!(first.common_names, alloc::vec!["company-0".to_string()]);
+        assert!(cache.parse(&[0x30, 0x03, 1, 2, 3]).is_err());
+        let rules = IdentityRules(alloc::vec![IdentityRule::CommonName("company-3".into())]);
+        assert!(rules.allows_der_cached(&ders[3], &cache));
+        assert!(!rules.allows_der_cached(&ders[4], &cache));
     }
 }

@@ -19,7 +19,7 @@ use pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::backend::{self, Clock};
 use crate::error::{ConfigError, Warning};
-use crate::identity::{CertInfo, IdentityRule, IdentityRules};
+use crate::identity::{CertInfo, IdentityRule, IdentityRules, LeafCache};
 use crate::pki::{Crl, TrustStore};
 use crate::resumption::{ClientSessionCache, ServerSessionCache, TicketKeys};
 use crate::time::Time;
@@ -455,10 +455,12 @@ impl ServerPolicyBuilder {
             });
         }
         let clock = Arc::new(Clock::new(now));
-        let config = backend::server_config(&self, &suites, clock.clone())?;
+        let leaves = Arc::new(LeafCache::default());
+        let config = backend::server_config(&self, &suites, clock.clone(), leaves.clone())?;
         Ok(ServerPolicy(Arc::new(ServerInner {
             config,
             clock,
+            leaves,
             warnings,
             own_leaf: leaf,
             builder: self,
@@ -470,6 +472,8 @@ impl ServerPolicyBuilder {
 pub(crate) struct ServerInner {
     pub config: Arc<rustls::ServerConfig>,
     pub clock: Arc<Clock>,
+    /// Parsed peer leaves of this policy's handshakes.
+    pub leaves: Arc<LeafCache>,
     pub warnings: Vec<Warning>,
     pub own_leaf: CertInfo,
     pub builder: ServerPolicyBuilder,
@@ -727,10 +731,12 @@ impl ClientPolicyBuilder {
             warnings = check_own_cert(&own.chain, now, self.common.expiry_warning)?.1;
         }
         let clock = Arc::new(Clock::new(now));
-        let config = backend::client_config(&self, &suites, clock.clone())?;
+        let leaves = Arc::new(LeafCache::default());
+        let config = backend::client_config(&self, &suites, clock.clone(), leaves.clone())?;
         Ok(ClientPolicy(Arc::new(ClientInner {
             config,
             clock,
+            leaves,
             warnings,
             builder: self,
         })))
@@ -741,6 +747,8 @@ impl ClientPolicyBuilder {
 pub(crate) struct ClientInner {
     pub config: Arc<rustls::ClientConfig>,
     pub clock: Arc<Clock>,
+    /// Parsed peer leaves of this policy's handshakes.
+    pub leaves: Arc<LeafCache>,
     pub warnings: Vec<Warning>,
     pub builder: ClientPolicyBuilder,
 }

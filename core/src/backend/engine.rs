@@ -105,6 +105,8 @@ pub(crate) struct Engine<S> {
     pub deadline: Option<Time>,
     pub timeout: Duration,
     pub identity: Option<PeerIdentity>,
+    /// The policy's cache of parsed peer leaves (set once the policy is known).
+    pub leaves: Option<Arc<crate::identity::LeafCache>>,
     pub server_name: Option<String>,
     pub established: bool,
     pub sent_close: bool,
@@ -138,6 +140,7 @@ impl<S: Storage> Engine<S> {
             deadline: Some(now.saturating_add(timeout)),
             timeout,
             identity: None,
+            leaves: None,
             server_name: None,
             established: false,
             sent_close: false,
@@ -176,6 +179,7 @@ impl<S: Storage> Engine<S> {
             policy.handshake_timeout(),
         );
         e.server_name = Some(server_name.into());
+        e.leaves = Some(policy.0.leaves.clone());
         e.max_send_record = policy
             .0
             .builder
@@ -301,6 +305,7 @@ impl<S: Storage> Engine<S> {
         match UnbufferedServerConnection::new(policy.0.config.clone()) {
             Ok(c) => {
                 self.clock = Some(policy.0.clock.clone());
+                self.leaves = Some(policy.0.leaves.clone());
                 self.conn = Conn::Server(alloc::boxed::Box::new(c));
                 Ok(true)
             }
@@ -466,7 +471,10 @@ impl<S: Storage> Engine<S> {
             .peer_certificates()
             .map(<[_]>::to_vec)
             .unwrap_or_default();
-        let leaf = chain.first().and_then(|c| CertInfo::parse(c).ok());
+        let leaf = chain.first().and_then(|c| match &self.leaves {
+            Some(cache) => cache.parse(c).ok(),
+            None => CertInfo::parse(c).ok(),
+        });
         self.stats
             .record_handshake(version, handshake == HandshakeKind::Resumed);
         self.identity = Some(PeerIdentity {

@@ -27,7 +27,7 @@ use rustls::{
 };
 
 use crate::error::ConfigError;
-use crate::identity::IdentityRules;
+use crate::identity::{IdentityRules, LeafCache};
 use crate::policy::{
     CipherSuite, ClientAuth, ClientPolicyBuilder, Common, Group, OwnCert, ServerPolicyBuilder,
     Tls12Resumption, UnknownStatus, Versions,
@@ -172,6 +172,7 @@ pub(crate) fn server_config(
     b: &ServerPolicyBuilder,
     suites: &[CipherSuite],
     clock: Arc<Clock>,
+    leaves: Arc<LeafCache>,
 ) -> Result<Arc<ServerConfig>, ConfigError> {
     let common = &b.common;
     let provider = provider(suites, &common.groups);
@@ -204,6 +205,7 @@ pub(crate) fn server_config(
                 Arc::new(RuleCheckingClientVerifier {
                     inner,
                     rules: common.rules.clone(),
+                    leaves,
                 })
             }
         }
@@ -238,6 +240,7 @@ pub(crate) fn client_config(
     b: &ClientPolicyBuilder,
     suites: &[CipherSuite],
     clock: Arc<Clock>,
+    leaves: Arc<LeafCache>,
 ) -> Result<Arc<ClientConfig>, ConfigError> {
     let common = &b.common;
     let provider = provider(suites, &common.groups);
@@ -272,6 +275,7 @@ pub(crate) fn client_config(
             .with_custom_certificate_verifier(Arc::new(RuleCheckingServerVerifier {
                 inner: webpki,
                 rules: common.rules.clone(),
+                leaves,
             }))
     };
     let mut cfg = match ck {
@@ -303,6 +307,8 @@ pub(crate) fn client_config(
 struct RuleCheckingClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     rules: IdentityRules,
+    /// The policy's parsed leaves: the rule check parses the leaf once for the identity too.
+    leaves: Arc<LeafCache>,
 }
 
 impl ClientCertVerifier for RuleCheckingClientVerifier {
@@ -327,7 +333,7 @@ impl ClientCertVerifier for RuleCheckingClientVerifier {
         let ok = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        if self.rules.allows_der(end_entity) {
+        if self.rules.allows_der_cached(end_entity, &self.leaves) {
             Ok(ok)
         } else {
             Err(rustls::Error::InvalidCertificate(
@@ -364,6 +370,8 @@ impl ClientCertVerifier for RuleCheckingClientVerifier {
 struct RuleCheckingServerVerifier {
     inner: Arc<WebPkiServerVerifier>,
     rules: IdentityRules,
+    /// The policy's parsed leaves, as in [`RuleCheckingClientVerifier`].
+    leaves: Arc<LeafCache>,
 }
 
 impl ServerCertVerifier for RuleCheckingServerVerifier {
@@ -382,7 +390,7 @@ impl ServerCertVerifier for RuleCheckingServerVerifier {
             ocsp_response,
             now,
         )?;
-        if self.rules.allows_der(end_entity) {
+        if self.rules.allows_der_cached(end_entity, &self.leaves) {
             Ok(ok)
         } else {
             Err(rustls::Error::InvalidCertificate(
