@@ -125,15 +125,16 @@ fn parse(buf: &[u8]) -> Parsed {
             let mut keep_alive = version >= 1;
             let mut body_len = 0usize;
             for h in req.headers.iter() {
-                let value = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+                let value = || String::from_utf8_lossy(h.value).to_ascii_lowercase();
                 if h.name.eq_ignore_ascii_case("connection") {
+                    let value = value();
                     if value.split(',').any(|t| t.trim() == "close") {
                         keep_alive = false;
                     } else if value.split(',').any(|t| t.trim() == "keep-alive") {
                         keep_alive = true;
                     }
                 } else if h.name.eq_ignore_ascii_case("content-length") {
-                    match value.trim().parse::<usize>() {
+                    match value().trim().parse::<usize>() {
                         Ok(n) if n <= MAX_BODY => body_len = n,
                         Ok(_) => return Parsed::Bad(413, "request body too large"),
                         Err(_) => return Parsed::Bad(400, "bad Content-Length"),
@@ -155,17 +156,52 @@ fn parse(buf: &[u8]) -> Parsed {
 }
 
 fn response(status: u16, reason: &str, version: u8, keep_alive: bool, body: &[u8]) -> Vec<u8> {
-    let connection = if keep_alive { "keep-alive" } else { "close" };
-    let mut out = format!(
-        "HTTP/1.{version} {status} {reason}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: {connection}\r\nCache-Control: no-store\r\n\
-         Strict-Transport-Security: max-age=31536000\r\nDate: {}\r\n\r\n",
-        body.len(),
-        httpdate::fmt_http_date(std::time::SystemTime::now()),
-    )
-    .into_bytes();
+    let mut out = Vec::with_capacity(HEAD_CAPACITY + body.len());
+    write_head(&mut out, status, reason, version, keep_alive, body.len());
     out.extend_from_slice(body);
     out
+}
+
+/// Room for the response head (status line and headers).
+const HEAD_CAPACITY: usize = 256;
+
+/// The status line and headers, appended to `out`.
+fn write_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    reason: &str,
+    version: u8,
+    keep_alive: bool,
+    body_len: usize,
+) {
+    use std::io::Write as _;
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    let _ = write!(
+        out,
+        "HTTP/1.{version} {status} {reason}\r\nContent-Type: application/json\r\n\
+         Content-Length: {body_len}\r\nConnection: {connection}\r\nCache-Control: no-store\r\n\
+         Strict-Transport-Security: max-age=31536000\r\nDate: "
+    );
+    with_http_date(|d| out.extend_from_slice(d.as_bytes()));
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// Call `f` with the current `Date` header value, formatted at most once a second per thread.
+fn with_http_date(f: impl FnOnce(&str)) {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            *cached = (secs, httpdate::fmt_http_date(now));
+        }
+        f(&cached.1);
+    });
 }
 
 impl Handler for IdentityHandler {
@@ -210,21 +246,27 @@ impl Handler for IdentityHandler {
                     self.requests += 1;
                     self.buf.drain(..head_len);
                     self.skip_body = body_len;
-                    let request = json!({
-                        "method": method,
-                        "path": path,
-                        "http_version": format!("1.{version}"),
-                        "number_on_connection": self.requests,
-                    });
+                    // The peer document (serialised once) plus this request, written
+                    // straight into the reply: no JSON tree per request.
+                    use std::io::Write as _;
                     let mut body = Vec::with_capacity(self.peer_head.len() + 160);
                     body.extend_from_slice(self.peer_head.as_bytes());
                     if self.peer_head.len() > 1 {
                         body.push(b',');
                     }
-                    body.extend_from_slice(b"\n  \"request\": ");
-                    let _ = serde_json::to_writer(&mut body, &request);
-                    body.extend_from_slice(b"\n}\n");
-                    reply.write(&response(200, "OK", version, keep_alive, &body));
+                    body.extend_from_slice(b"\n  \"request\": {\"method\":");
+                    let _ = serde_json::to_writer(&mut body, &method);
+                    body.extend_from_slice(b",\"path\":");
+                    let _ = serde_json::to_writer(&mut body, &path);
+                    let _ = write!(
+                        body,
+                        ",\"http_version\":\"1.{version}\",\"number_on_connection\":{}}}\n}}\n",
+                        self.requests
+                    );
+                    let mut head = Vec::with_capacity(HEAD_CAPACITY);
+                    write_head(&mut head, 200, "OK", version, keep_alive, body.len());
+                    reply.write(&head);
+                    reply.write(&body);
                     if !keep_alive {
                         reply.close();
                         self.buf.clear();
