@@ -10,7 +10,8 @@
 //!   pull bytes to send out, no transport trait at all;
 //! - [`TlsStream`], a blocking stream over an [`embedded_io`] `Read + Write` transport (a TCP
 //!   socket of the device's network stack, a UART, a modem), itself `embedded_io::Read +
-//!   Write` so that an HTTP client can sit on top.
+//!   Write` so that an HTTP client can sit on top; [`AsyncTlsStream`] is the same over an
+//!   `embedded-io-async` transport (embassy-net and friends).
 //!
 //! ```
 //! use onerecord_tls::{ClientPolicy, ServerPolicy, Time, TrustStore};
@@ -99,11 +100,13 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod async_stream;
 pub mod clock;
 pub mod error;
 pub mod stream;
 pub mod tls;
 
+pub use async_stream::AsyncTlsStream;
 pub use clock::{Clock, LastKnownTime};
 pub use error::{Buffer, Error};
 pub use onerecord_tls;
