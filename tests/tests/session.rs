@@ -1001,3 +1001,50 @@ fn garbage_right_after_application_data_still_gets_its_alert() {
     assert!(!p.server.transmit().is_empty(), "the alert is queued");
     assert_eq!(data, b"GET /");
 }
+
+#[test]
+fn record_larger_than_a_fixed_incoming_buffer_after_the_handshake_is_a_named_error() {
+    let f = fixture();
+    let s = server(&f.server_id).build(now()).unwrap().into_set();
+    let c = client(&f.ca).build(now()).unwrap();
+    let mut client = Session::client_with_buffers(
+        &c,
+        "localhost",
+        now(),
+        onerecord_tls::buffer::Fixed(vec![0u8; 4096]),
+        onerecord_tls::buffer::Fixed(vec![0u8; 32 * 1024]),
+    )
+    .unwrap();
+    let mut server = Session::server(&s, now());
+    for _ in 0..20 {
+        client.process(now(), |_| {}).unwrap();
+        let n = server.receive(client.transmit());
+        client.transmitted(n);
+        server.process(now(), |_| {}).unwrap();
+        let n = client.receive(server.transmit());
+        server.transmitted(n);
+    }
+    client.process(now(), |_| {}).unwrap();
+    assert!(client.is_established() && server.is_established());
+    // One full 16 KiB record towards the client's 4 KiB incoming buffer.
+    assert_eq!(server.send(&[7u8; 16 * 1024]).unwrap(), 16 * 1024);
+    server.process(now(), |_| {}).unwrap();
+    let mut err = None;
+    for _ in 0..20 {
+        let n = client.receive(server.transmit());
+        server.transmitted(n);
+        match client.process(now(), |_| {}) {
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+            Ok(()) => assert!(n > 0, "no progress and no error: a silent stall"),
+        }
+    }
+    let err = err.expect("buffer limit reported");
+    let Reason::BufferLimit { required, limit } = err.reason() else {
+        panic!("{err}")
+    };
+    assert_eq!(*limit, 4096);
+    assert!(*required > 16 * 1024, "names the record's size: {required}");
+}

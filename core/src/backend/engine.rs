@@ -434,7 +434,28 @@ impl<S: Storage> Engine<S> {
                     }
                     return Ok(());
                 }
-                Step::Idle => return Ok(()),
+                Step::Idle => {
+                    if self.incoming.is_full() {
+                        // After the handshake rustls reports an incomplete record as idle: a
+                        // record larger than a fixed incoming buffer would stall silently.
+                        let limit = self.incoming.limit();
+                        let data = self.incoming.data_mut();
+                        let record = match data {
+                            [_, _, _, hi, lo, ..] => {
+                                5 + usize::from(u16::from_be_bytes([*hi, *lo]))
+                            }
+                            _ => 0,
+                        };
+                        return Err(self.fail_reason(
+                            Reason::BufferLimit {
+                                required: record.max(limit + 1),
+                                limit,
+                            },
+                            None,
+                        ));
+                    }
+                    return Ok(());
+                }
                 Step::PeerClosed => {
                     self.peer_closed = true;
                     out(Out::PeerClosed);
