@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 
 use onerecord_tls::{HandshakeKind, PeerIdentity, Time};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::service::{Handler, Peer, Reply, Service};
@@ -26,7 +27,7 @@ impl Service for IdentityResponder {
     fn accept(&self, peer: &Peer<'_>) -> Option<Box<dyn Handler>> {
         // Serialised once per connection: a request then costs one string copy, and an idle
         // connection holds one compact string instead of a JSON tree.
-        let doc = serde_json::to_string_pretty(&peer_json(peer.identity, peer.remote))
+        let doc = serde_json::to_string_pretty(&PeerDoc::new(peer.identity, peer.remote))
             .unwrap_or_else(|_| String::from("{}"));
         let head = doc.trim_end().strip_suffix('}').unwrap_or("{").trim_end();
         Some(Box::new(IdentityHandler {
@@ -40,38 +41,80 @@ impl Service for IdentityResponder {
 
 /// The JSON document describing a verified peer (also used in the PROXY protocol tests).
 pub fn peer_json(id: &PeerIdentity, remote: SocketAddr) -> Value {
-    let client = id.leaf.as_ref().map(|c| {
-        json!({
-            "subject": c.subject,
-            "common_name": c.common_names.first(),
-            "organization": c.organizations.first(),
-            "organizational_unit": c.organizational_units.first(),
-            "issuer": c.issuer,
-            "serial": c.serial_hex(),
-            "not_before": rfc3339(c.not_before),
-            "not_after": rfc3339(c.not_after),
-            "dns_names": c.dns_names,
-            "uris": c.uris,
-            "emails": c.emails,
-            "ips": c.ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>(),
-            "spki_sha256": c.spki_sha256.to_string(),
-            "cert_sha256": c.cert_sha256.to_string(),
-        })
-    });
-    json!({
-        "verified": id.authenticated(),
-        "client_certificate": client,
-        "chain_length": id.chain.len(),
-        "tls": {
-            "version": id.version.to_string(),
-            "cipher_suite": id.suite.name(),
-            "group": id.group.map(|g| g.name()),
-            "alpn": id.alpn.as_ref().map(|a| String::from_utf8_lossy(a).into_owned()),
-            "server_name": id.server_name,
-            "resumed": id.handshake == HandshakeKind::Resumed,
-        },
-        "remote_addr": remote.to_string(),
-    })
+    serde_json::to_value(PeerDoc::new(id, remote)).unwrap_or(Value::Null)
+}
+
+/// The peer document as plain structs: serialised straight to text once per connection,
+/// with no JSON tree in between.
+#[derive(Serialize)]
+struct PeerDoc<'a> {
+    verified: bool,
+    client_certificate: Option<CertDoc<'a>>,
+    chain_length: usize,
+    tls: TlsDoc<'a>,
+    remote_addr: String,
+}
+
+#[derive(Serialize)]
+struct CertDoc<'a> {
+    subject: &'a str,
+    common_name: Option<&'a String>,
+    organization: Option<&'a String>,
+    organizational_unit: Option<&'a String>,
+    issuer: &'a str,
+    serial: String,
+    not_before: String,
+    not_after: String,
+    dns_names: &'a [String],
+    uris: &'a [String],
+    emails: &'a [String],
+    ips: Vec<String>,
+    spki_sha256: String,
+    cert_sha256: String,
+}
+
+#[derive(Serialize)]
+struct TlsDoc<'a> {
+    version: String,
+    cipher_suite: &'static str,
+    group: Option<&'static str>,
+    alpn: Option<std::borrow::Cow<'a, str>>,
+    server_name: Option<&'a str>,
+    resumed: bool,
+}
+
+impl<'a> PeerDoc<'a> {
+    fn new(id: &'a PeerIdentity, remote: SocketAddr) -> Self {
+        Self {
+            verified: id.authenticated(),
+            client_certificate: id.leaf.as_ref().map(|c| CertDoc {
+                subject: &c.subject,
+                common_name: c.common_names.first(),
+                organization: c.organizations.first(),
+                organizational_unit: c.organizational_units.first(),
+                issuer: &c.issuer,
+                serial: c.serial_hex(),
+                not_before: rfc3339(c.not_before),
+                not_after: rfc3339(c.not_after),
+                dns_names: &c.dns_names,
+                uris: &c.uris,
+                emails: &c.emails,
+                ips: c.ips.iter().map(|ip| ip.to_string()).collect(),
+                spki_sha256: c.spki_sha256.to_string(),
+                cert_sha256: c.cert_sha256.to_string(),
+            }),
+            chain_length: id.chain.len(),
+            tls: TlsDoc {
+                version: id.version.to_string(),
+                cipher_suite: id.suite.name(),
+                group: id.group.map(|g| g.name()),
+                alpn: id.alpn.as_deref().map(String::from_utf8_lossy),
+                server_name: id.server_name.as_deref(),
+                resumed: id.handshake == HandshakeKind::Resumed,
+            },
+            remote_addr: remote.to_string(),
+        }
+    }
 }
 
 /// RFC 3339 text for a time (UTC).
