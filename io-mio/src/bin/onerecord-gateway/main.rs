@@ -369,11 +369,13 @@ fn run(
     // one, as servers do, and say so when --max-connections cannot be reached.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => {
-            let need = 2 * common.max_connections as u64 + 64;
+            // One descriptor per connection, two when it is proxied to an upstream.
+            let need = common.max_connections as u64 + 64;
             if limit < need {
                 warn!(
                     "open-files limit is {limit}: fewer than the {need} descriptors that \
-                     --max-connections {} may need (raise `ulimit -n` or lower --max-connections)",
+                     --max-connections {} needs (twice that when proxying; raise `ulimit -n` \
+                     or lower --max-connections)",
                     common.max_connections
                 );
             }
