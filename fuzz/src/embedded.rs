@@ -87,7 +87,9 @@ impl Checked2 {
             assert!(self.tls.send(b"x").is_err());
             if !terminal {
                 match &e {
-                    Error::Tls(t) => check_error(t, &self.tls.pending()[before..]),
+                    Error::Tls(t) => {
+                        check_error(t, &self.tls.pending()[before..], self.tls.buffer_sizes().1)
+                    }
                     Error::BufferTooSmall {
                         required, capacity, ..
                     } => assert!(required > capacity, "{e:?}"),

@@ -207,3 +207,40 @@ fn mutation_allowing_rustls_959(input: &[u8]) {
         );
     }
 }
+
+/// embedded_tls, crash-20011f10 (replayed here through core `Fixed` buffers): a server with a
+/// 128-byte outgoing buffer, after a HelloRetryRequest, refuses the second ClientHello (no
+/// signature scheme in common) while its ServerHello flight is still queued inside rustls.
+/// That flight cannot be encoded into 128 bytes, so the alert queued behind it cannot go out
+/// either: none is reported, the refusal still names its reason. The harness's "a refusal
+/// sends an alert" property now holds only for outgoing buffers of 16 KiB and more.
+#[test]
+fn refusal_with_full_small_outgoing_buffer_reports_no_alert() {
+    targets::fixed_buffers(&unhex(HRR_REFUSAL_128));
+}
+
+/// The crash input (`fixed_buffers` format: sizes 0x03, mode 0, then a client script).
+const HRR_REFUSAL_128: &str = concat!(
+    "0300050300eb0303006116030100e7010000e30303fdc7148cc8db18f6d017d62e7a379a2df0ee84e5e15898",
+    "904e5239babdc1275120a138dbb515e0d531e38e4d61a04364b85198d8d232f717a3c3acc0421e09b5a10014",
+    "130113031302c02bc02fcca9cca8c02cc03000ff0100008600230000000500050100000000000a0008000600",
+    "1d00170018000d001400120503040308070806080508040601050104010000000e000c0000096c6f63616c68",
+    "6f7374002d00020101000b00020100002b0005040304030300170000003300260024001d00206f591bd7072a",
+    "f0a5746a0eede455dcba187f186085162a952d32ab2b78677a021403030001011603030128010001240303fd",
+    "c7148cc8db18f6d017d62e7a379a2df0ee84e5e15898904e5239babdc1275120a138dbb515e0d531e38e4d61",
+    "a04364b85198d8d232f717a3c3acc0421e09b5a10014130113031302c02bc02fcca9cca8c02cc03000ff0100",
+    "00c700230000000500050100000000000a00080006001d00170018000d001400120503040300070806080508",
+    "040601050104010000000e000c0000096c6f63616c686f7374002d00020101000b00020100002b0005040304",
+    "03030017000000330067006500180061042a795a11ce566cfa29a12e8c60b88fdd5752d3255c910f97bbcf4c",
+    "0de3520c898a85f5dd76848929f3e016d3ac751a006b51286894077543c1cf0162456893c2f7e3387c5d5036",
+    "bd0e5b9440ef819f3b9dc1cfc9a14cfe58e13ca343ec9a5b4d1703030035e87d679ced9726b2feaf0586b74b",
+    "d79d4d97c554a88a51793a4b20e17f5e987f0a3b87650b5ff4eb5b961e5190c5b380c9df48d1d11703030023",
+    "85c4ade0014452b33321b38ad8c03fdf94d38e8d914db1154c02f36bbb4d5c816848b4",
+);
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
