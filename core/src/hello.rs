@@ -217,6 +217,63 @@ pub fn inspect(input: &[u8]) -> Admission {
     }
 }
 
+/// Progress of [`inspect_incremental`] over one connection's growing input.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct HelloScan {
+    /// Bytes of complete handshake records already walked.
+    walked: usize,
+    /// Handshake-message bytes in those records.
+    fragments: usize,
+    /// The handshake message's 4-byte header, as far as seen.
+    header: [u8; 4],
+}
+
+/// [`inspect`] for input that grows between calls (a ClientHello arriving in many records).
+///
+/// `inspect` reassembles the hello from the first byte each time, so a hello sent as thousands
+/// of tiny records would cost time quadratic in its size. This walks only the records that
+/// arrived since the last call and runs `inspect` once the message is complete, or when a
+/// record is anything `inspect` would refuse (so the verdict is always `inspect`'s): linear
+/// work per connection.
+pub(crate) fn inspect_incremental(input: &[u8], scan: &mut HelloScan) -> Admission {
+    if input.len() < 5 || input[0] != CONTENT_HANDSHAKE || input[1] != 0x03 {
+        return inspect(input);
+    }
+    let mut at = scan.walked;
+    loop {
+        let Some(head) = input.get(at..at + 5) else {
+            return Admission::NeedMore;
+        };
+        let len = usize::from(u16::from_be_bytes([head[3], head[4]]));
+        if head[0] != CONTENT_HANDSHAKE || len == 0 || len > MAX_FRAGMENT {
+            return inspect(input);
+        }
+        let Some(fragment) = input.get(at + 5..at + 5 + len) else {
+            return Admission::NeedMore;
+        };
+        let take = 4usize.saturating_sub(scan.fragments).min(fragment.len());
+        for (slot, &b) in scan.header[scan.fragments.min(4)..]
+            .iter_mut()
+            .zip(&fragment[..take])
+        {
+            *slot = b;
+        }
+        scan.fragments += fragment.len();
+        at += 5 + len;
+        scan.walked = at;
+        if scan.fragments >= 4 {
+            let body = u32::from_be_bytes([0, scan.header[1], scan.header[2], scan.header[3]]);
+            let total = body as usize + 4;
+            if scan.header[0] != HANDSHAKE_CLIENT_HELLO
+                || total > MAX_CLIENT_HELLO
+                || scan.fragments >= total
+            {
+                return inspect(input);
+            }
+        }
+    }
+}
+
 fn inspect_non_handshake(input: &[u8]) -> Admission {
     for m in HTTP_METHODS {
         let n = m.len().min(input.len());
@@ -402,6 +459,47 @@ mod tests {
         assert_eq!(info.versions, alloc::vec![0x0304, 0x0303]);
         for cut in 0..rec.len() {
             assert_eq!(inspect(&rec[..cut]), Admission::NeedMore, "cut at {cut}");
+        }
+    }
+
+    /// `inspect_incremental` gives `inspect`'s verdict on every prefix of the input, however
+    /// the records are split, and walks each record once.
+    #[test]
+    fn incremental_inspection_agrees_with_inspect_on_every_prefix() {
+        let whole = hello(
+            0x0303,
+            &[
+                sni("secure.example"),
+                (EXT_SUPPORTED_VERSIONS, alloc::vec![4, 3, 4, 3, 3]),
+            ],
+        );
+        let body = &whole[5..];
+        let mut inputs = alloc::vec::Vec::new();
+        for size in [1usize, 2, 3, 7, 64, 16_384] {
+            let mut v = alloc::vec::Vec::new();
+            for chunk in body.chunks(size) {
+                v.extend_from_slice(&[0x16, 0x03, 0x01, 0, chunk.len() as u8]);
+                v.extend_from_slice(chunk);
+            }
+            inputs.push(v);
+        }
+        // A bad record after a good first fragment, a non-hello, an empty record, plaintext.
+        let mut bad = inputs[2][..20].to_vec();
+        bad.extend_from_slice(&[0x17, 0x03, 0x03, 0, 1, 0]);
+        inputs.push(bad);
+        inputs.push(alloc::vec![0x16, 3, 1, 0, 4, 2, 0, 0, 1, 0]);
+        inputs.push(alloc::vec![0x16, 3, 1, 0, 0]);
+        inputs.push(b"GET / HTTP/1.1\r\n".to_vec());
+        for input in &inputs {
+            let mut scan = HelloScan::default();
+            for end in 0..=input.len() {
+                let a = inspect_incremental(&input[..end], &mut scan);
+                let b = inspect(&input[..end]);
+                assert_eq!(a, b, "prefix {end} of {input:02x?}");
+                if !matches!(b, Admission::NeedMore) {
+                    break;
+                }
+            }
         }
     }
 

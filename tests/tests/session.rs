@@ -1048,3 +1048,73 @@ fn record_larger_than_a_fixed_incoming_buffer_after_the_handshake_is_a_named_err
     assert_eq!(*limit, 4096);
     assert!(*required > 16 * 1024, "names the record's size: {required}");
 }
+
+/// Split a client's first flight into records of `size` bytes of handshake data each.
+fn refragment(flight: &[u8], size: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 5 <= flight.len() {
+        let len = u16::from_be_bytes([flight[at + 3], flight[at + 4]]) as usize;
+        let body = &flight[at + 5..at + 5 + len];
+        for chunk in body.chunks(size) {
+            out.extend_from_slice(&[flight[at], flight[at + 1], flight[at + 2]]);
+            out.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+            out.extend_from_slice(chunk);
+        }
+        at += 5 + len;
+    }
+    out
+}
+
+#[test]
+fn a_client_hello_in_one_byte_records_fed_one_record_at_a_time_is_admitted() {
+    let f = fixture();
+    let s = server(&f.server_id).build(now()).unwrap().into_set();
+    let c = client(&f.ca).build(now()).unwrap();
+    let mut client = Session::client(&c, "localhost", now()).unwrap();
+    client.process(now(), |_| {}).unwrap();
+    let hello = client.transmit().to_vec();
+    client.transmitted(hello.len());
+    let wire = refragment(&hello, 1);
+    assert!(wire.len() > 5 * hello.len());
+    let mut server = Session::server(&s, now());
+    for record in wire.chunks(6) {
+        assert_eq!(server.receive(record), record.len());
+        server.process(now(), |_| {}).unwrap();
+    }
+    assert!(!server.transmit().is_empty(), "ServerHello sent");
+    assert_eq!(server.server_name(), Some("localhost"));
+}
+
+/// A 60 KB "ClientHello" sent as one-byte records, one per call: admission walks each record
+/// once (it used to reassemble from the first byte on every call: seconds of CPU for the
+/// ~17,000 records that fit in the incoming buffer), and the flood is refused with
+/// decode_error when the bounded incoming buffer is full.
+#[test]
+fn a_huge_fragmented_hello_is_walked_once_and_refused() {
+    let f = fixture();
+    let s = server(&f.server_id).build(now()).unwrap().into_set();
+    let mut server = Session::server(&s, now());
+    let body_len: u32 = 60_000;
+    let mut msg = vec![1u8, 0, 0, 0];
+    msg[1..4].copy_from_slice(&body_len.to_be_bytes()[1..]);
+    msg.extend(std::iter::repeat_n(0xEEu8, body_len as usize));
+    let start = std::time::Instant::now();
+    let mut err = None;
+    for b in &msg {
+        server.receive(&[0x16, 0x03, 0x01, 0x00, 0x01, *b]);
+        if let Err(e) = server.process(now(), |_| {}) {
+            err = Some(e);
+            break;
+        }
+    }
+    let err = err.expect("refused");
+    // Six wire bytes per message byte: the bounded incoming buffer (one 64 KiB handshake
+    // message plus two records) fills before the message completes.
+    assert!(matches!(err.reason(), Reason::BufferLimit { .. }), "{err}");
+    assert_eq!(err.alert_sent(), Some(Alert::DecodeError));
+    eprintln!(
+        "one-byte records admitted and refused in {:?}",
+        start.elapsed()
+    );
+}

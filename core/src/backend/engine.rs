@@ -107,6 +107,8 @@ pub(crate) struct Engine<S> {
     pub identity: Option<PeerIdentity>,
     /// The policy's cache of parsed peer leaves (set once the policy is known).
     pub leaves: Option<Arc<crate::identity::LeafCache>>,
+    /// How far the ClientHello admission has walked the incoming records.
+    pub hello_scan: hello::HelloScan,
     pub server_name: Option<String>,
     pub established: bool,
     pub sent_close: bool,
@@ -141,6 +143,7 @@ impl<S: Storage> Engine<S> {
             timeout,
             identity: None,
             leaves: None,
+            hello_scan: hello::HelloScan::default(),
             server_name: None,
             established: false,
             sent_close: false,
@@ -246,7 +249,7 @@ impl<S: Storage> Engine<S> {
         let Conn::AwaitingHello(policies) = &self.conn else {
             return Ok(true);
         };
-        let verdict = hello::inspect(self.incoming.data());
+        let verdict = hello::inspect_incremental(self.incoming.data(), &mut self.hello_scan);
         let info = match verdict {
             Admission::NeedMore => {
                 if self.incoming.is_full() {
