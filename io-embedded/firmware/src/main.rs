@@ -22,6 +22,7 @@ extern crate alloc;
 mod heap;
 #[cfg_attr(target_arch = "arm", path = "rt_arm.rs")]
 mod rt;
+mod stack;
 
 use alloc::vec::Vec;
 use core::ptr::addr_of_mut;
@@ -98,12 +99,12 @@ impl Meter {
     /// Run one step of `role`, counting its instructions and stack, its allocations going to
     /// `role` in the counting allocator.
     fn step<R>(&mut self, role: Role, f: impl FnOnce() -> R) -> R {
-        rt::paint_stack();
+        stack::paint_stack();
         let sp = rt::sp();
         let t0 = rt::instret();
         let r = HEAP.as_role(role, f);
         self.instructions += rt::instret() - t0;
-        self.stack = self.stack.max(rt::stack_used_below(sp));
+        self.stack = self.stack.max(stack::stack_used_below(sp));
         self.steps += 1;
         r
     }

@@ -131,40 +131,6 @@ pub fn sp() -> usize {
     sp
 }
 
-unsafe extern "C" {
-    static __stack_bottom: u8;
-}
-
-/// Lowest address of the stack.
-pub fn stack_bottom() -> usize {
-    // Only the address of the linker symbol is taken.
-    core::ptr::addr_of!(__stack_bottom) as usize
-}
-
-const PAINT: u32 = 0x5afe_c0de;
-
-/// Fill the unused stack below the current frame (less a margin) with a pattern.
-#[inline(never)]
-pub fn paint_stack() {
-    let top = (sp() - 256) & !3;
-    let mut p = stack_bottom();
-    while p < top {
-        // SAFETY: the region between the stack's bottom and below the live frame is unused.
-        unsafe { (p as *mut u32).write_volatile(PAINT) };
-        p += 4;
-    }
-}
-
-/// Bytes of stack touched since [`paint_stack`], measured from `from` (a stack pointer).
-pub fn stack_used_below(from: usize) -> usize {
-    let mut p = stack_bottom();
-    // SAFETY: reading the painted stack region.
-    while p < from && unsafe { (p as *const u32).read_volatile() } == PAINT {
-        p += 4;
-    }
-    from.saturating_sub(p)
-}
-
 #[unsafe(no_mangle)]
 extern "C" fn fw_trap() -> ! {
     let (cause, epc, tval): (usize, usize, usize);
