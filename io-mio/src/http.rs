@@ -306,9 +306,8 @@ impl Handler for IdentityHandler {
                         ",\"http_version\":\"1.{version}\",\"number_on_connection\":{}}}\n}}\n",
                         self.requests
                     );
-                    let mut head = Vec::with_capacity(HEAD_CAPACITY);
-                    write_head(&mut head, 200, "OK", version, keep_alive, body.len());
-                    reply.write(&head);
+                    reply.out.reserve(HEAD_CAPACITY + body.len());
+                    write_head(&mut reply.out, 200, "OK", version, keep_alive, body.len());
                     reply.write(&body);
                     if !keep_alive {
                         reply.close();

@@ -390,6 +390,15 @@ impl Queue {
             }
         }
     }
+    /// Queue `v`, taking the vector itself when nothing is pending (no copy).
+    fn append(&mut self, v: Vec<u8>) {
+        if self.is_empty() {
+            self.buf = v;
+            self.off = 0;
+        } else {
+            self.extend(&v);
+        }
+    }
     /// Give the memory back while empty (an idle connection holds no buffer).
     fn release(&mut self) {
         if self.is_empty() {
@@ -1304,7 +1313,7 @@ fn process(c: &mut Conn, wall: Time, counters: &mut Counters, new_plain: &mut Op
         }
     }
     if !reply.out.is_empty() {
-        to_tls.extend(&reply.out);
+        to_tls.append(core::mem::take(&mut reply.out));
     }
     if reply.close {
         *close_after_flush = true;

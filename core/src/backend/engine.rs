@@ -442,8 +442,7 @@ impl<S: Storage> Engine<S> {
                         // After the handshake rustls reports an incomplete record as idle: a
                         // record larger than a fixed incoming buffer would stall silently.
                         let limit = self.incoming.limit();
-                        let data = self.incoming.data_mut();
-                        let record = match data {
+                        let record = match self.incoming.data() {
                             [_, _, _, hi, lo, ..] => {
                                 5 + usize::from(u16::from_be_bytes([*hi, *lo]))
                             }
