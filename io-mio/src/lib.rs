@@ -60,6 +60,6 @@ pub mod tickets;
 
 pub use client::{Client, ClientStream};
 pub use http::IdentityResponder;
-pub use metrics::{Counters, Metrics, Snapshot};
+pub use metrics::{Counters, Histogram, Metrics, Snapshot};
 pub use server::{Backend, Limits, Listener, Mode, ServerConfig, ServerHandle, start};
 pub use service::{Handler, Peer, Reply, Service, ServiceFn};

@@ -1,23 +1,81 @@
-//! Counters of a running server, as plain data, and their Prometheus text rendering.
+//! Counters of a running server, as plain data.
+//!
+//! The library has no metrics dependency: an exporter reads [`Metrics::snapshot`] and encodes
+//! it in the format it serves (the `onerecord-gateway` binary encodes the Prometheus text
+//! formats with `prometheus-client`).
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use onerecord_tls::{Failure, Stats, Time, TlsVersion};
+use onerecord_tls::{Stats, Time, TlsVersion};
+
+/// Upper bounds (seconds) of the buckets of [`Counters::handshake_seconds`]; a last,
+/// unbounded bucket follows.
+pub const HANDSHAKE_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Durations counted in the fixed buckets [`HANDSHAKE_BUCKETS`] (not cumulative).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Histogram {
+    /// `counts[i]`: observations above the bound `i - 1` and at most the bound `i`;
+    /// `counts[HANDSHAKE_BUCKETS.len()]`: above the last bound.
+    pub counts: [u64; HANDSHAKE_BUCKETS.len() + 1],
+    /// Sum of the observations, in nanoseconds.
+    pub sum_nanos: u64,
+}
+
+impl Histogram {
+    /// Count one duration.
+    pub fn observe(&mut self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = HANDSHAKE_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(HANDSHAKE_BUCKETS.len());
+        self.counts[i] += 1;
+        self.sum_nanos = self
+            .sum_nanos
+            .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Sum of the observations in seconds.
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_nanos as f64 / 1e9
+    }
+
+    fn add(&mut self, o: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
+            *a += b;
+        }
+        self.sum_nanos = self.sum_nanos.saturating_add(o.sum_nanos);
+    }
+}
 
 /// Counters kept by one worker (summed over workers by [`Metrics::snapshot`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Session counters of finished connections (failures by reason, bytes).
+    /// Session counters (failures by reason, ...). Failures and handshakes are added when a
+    /// connection finishes; the TLS byte counts (`tls_bytes_received`, `tls_bytes_sent`) as
+    /// the bytes pass, so they include connections still open.
     pub sessions: Stats,
     /// Completed handshakes, `[TLS 1.2, TLS 1.3][full, resumed]`, counted at completion.
     pub handshakes: [[u64; 2]; 2],
+    /// Time from accepting the TCP connection to the completed handshake, one observation
+    /// per completed handshake (in client mode it includes connecting to the remote).
+    pub handshake_seconds: Histogram,
     /// TCP connections accepted.
     pub accepted: u64,
-    /// Connections closed at once because the server was at `max_connections`.
+    /// Connections closed at once because the server was at `max_connections` (not a
+    /// handshake failure: no handshake was attempted).
     pub refused_capacity: u64,
-    /// Verified peers the application refused.
+    /// Verified peers the application refused (after a completed handshake).
     pub refused_by_service: u64,
     /// Plaintext HTTP requests answered with `400` (also counted as `plaintext` failures).
     pub plaintext_http: u64,
@@ -32,21 +90,24 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub(crate) fn handshake(&mut self, version: TlsVersion, resumed: bool) {
+    pub(crate) fn handshake(&mut self, version: TlsVersion, resumed: bool, took: Duration) {
         let v = match version {
             TlsVersion::Tls12 => 0,
             TlsVersion::Tls13 => 1,
         };
         self.handshakes[v][usize::from(resumed)] += 1;
+        self.handshake_seconds.observe(took);
     }
 
-    fn add(&mut self, o: &Counters) {
+    /// Add `o` to these counters.
+    pub(crate) fn add(&mut self, o: &Counters) {
         self.sessions.add(&o.sessions);
         for v in 0..2 {
             for r in 0..2 {
                 self.handshakes[v][r] += o.handshakes[v][r];
             }
         }
+        self.handshake_seconds.add(&o.handshake_seconds);
         self.accepted += o.accepted;
         self.refused_capacity += o.refused_capacity;
         self.refused_by_service += o.refused_by_service;
@@ -106,116 +167,22 @@ impl Metrics {
                 .unwrap_or_default(),
         }
     }
+}
 
-    /// The Prometheus text exposition of [`Metrics::snapshot`] at wall time `now`.
-    pub fn render_prometheus(&self, now: Time) -> String {
-        let s = self.snapshot();
-        let c = &s.counters;
-        let mut o = String::with_capacity(4096);
-        let _ = writeln!(
-            o,
-            "# HELP onerecord_handshakes_total Completed TLS handshakes.\n\
-             # TYPE onerecord_handshakes_total counter"
-        );
-        for (vi, v) in ["TLSv1.2", "TLSv1.3"].iter().enumerate() {
-            for (ri, kind) in ["full", "resumed"].iter().enumerate() {
-                let _ = writeln!(
-                    o,
-                    "onerecord_handshakes_total{{version=\"{v}\",kind=\"{kind}\"}} {}",
-                    c.handshakes[vi][ri]
-                );
-            }
-        }
-        let _ = writeln!(
-            o,
-            "# HELP onerecord_handshake_failures_total Refused or failed handshakes by reason.\n\
-             # TYPE onerecord_handshake_failures_total counter"
-        );
-        for f in Failure::ALL {
-            let _ = writeln!(
-                o,
-                "onerecord_handshake_failures_total{{reason=\"{}\"}} {}",
-                f.label(),
-                c.sessions.failures_of(f)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "onerecord_handshake_failures_total{{reason=\"over_capacity\"}} {}",
-            c.refused_capacity
-        );
-        let _ = writeln!(
-            o,
-            "onerecord_handshake_failures_total{{reason=\"refused_by_application\"}} {}",
-            c.refused_by_service
-        );
-        let gauge_or_counter = [
-            (
-                "onerecord_connections_active",
-                "gauge",
-                "Connections open now.",
-                s.active as u64,
-            ),
-            (
-                "onerecord_connections_accepted_total",
-                "counter",
-                "TCP connections accepted.",
-                c.accepted,
-            ),
-            (
-                "onerecord_connections_closed_total",
-                "counter",
-                "Connections finished.",
-                c.closed,
-            ),
-            (
-                "onerecord_plaintext_http_total",
-                "counter",
-                "Plaintext HTTP requests on the TLS port, answered with 400.",
-                c.plaintext_http,
-            ),
-            (
-                "onerecord_idle_timeouts_total",
-                "counter",
-                "Connections closed for being idle.",
-                c.idle_timeouts,
-            ),
-            (
-                "onerecord_upstream_errors_total",
-                "counter",
-                "Failures to reach or talk to the upstream.",
-                c.upstream_errors,
-            ),
-            (
-                "onerecord_accept_errors_total",
-                "counter",
-                "Failed accepts (usually out of file descriptors; raise the limit or lower --max-connections).",
-                c.accept_errors,
-            ),
-        ];
-        for (name, kind, help, v) in gauge_or_counter {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        }
-        let _ = writeln!(
-            o,
-            "# HELP onerecord_bytes_total TLS bytes of finished connections.\n\
-             # TYPE onerecord_bytes_total counter\n\
-             onerecord_bytes_total{{direction=\"received\"}} {}\n\
-             onerecord_bytes_total{{direction=\"sent\"}} {}",
-            c.sessions.tls_bytes_received, c.sessions.tls_bytes_sent
-        );
-        let _ = writeln!(
-            o,
-            "# HELP onerecord_certificate_expiry_seconds Seconds until the own certificate expires.\n\
-             # TYPE onerecord_certificate_expiry_seconds gauge"
-        );
-        for (listener, not_after) in &s.certificates {
-            let secs = not_after.as_unix_secs() as i64 - now.as_unix_secs() as i64;
-            let _ = writeln!(
-                o,
-                "onerecord_certificate_expiry_seconds{{listener=\"{listener}\"}} {secs}"
-            );
-        }
-        o
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_puts_each_duration_in_the_first_bucket_that_holds_it() {
+        let mut h = Histogram::default();
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_micros(501));
+        h.observe(Duration::from_secs(11));
+        assert_eq!(h.counts[0], 1);
+        assert_eq!(h.counts[1], 1);
+        assert_eq!(h.counts[HANDSHAKE_BUCKETS.len()], 1);
+        assert_eq!(h.count(), 3);
+        assert!((h.sum_seconds() - 11.001001).abs() < 1e-9);
     }
 }

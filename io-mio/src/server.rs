@@ -432,6 +432,8 @@ struct Conn {
     /// When `close_notify` or an alert went out (linger starts).
     closing_since: Option<Instant>,
     last_activity: Instant,
+    /// When the TCP connection was accepted (the handshake duration starts here).
+    opened: Instant,
     deadline: Option<Instant>,
     queued: bool,
     counted_failure: bool,
@@ -564,22 +566,11 @@ impl Worker {
     }
 
     fn publish(&mut self) {
+        if self.local == Counters::default() {
+            return;
+        }
         if let Ok(mut c) = self.counters.lock() {
-            let local = std::mem::take(&mut self.local);
-            c.sessions.add(&local.sessions);
-            for v in 0..2 {
-                for r in 0..2 {
-                    c.handshakes[v][r] += local.handshakes[v][r];
-                }
-            }
-            c.accepted += local.accepted;
-            c.refused_capacity += local.refused_capacity;
-            c.refused_by_service += local.refused_by_service;
-            c.plaintext_http += local.plaintext_http;
-            c.idle_timeouts += local.idle_timeouts;
-            c.upstream_errors += local.upstream_errors;
-            c.accept_errors += local.accept_errors;
-            c.closed += local.closed;
+            c.add(&std::mem::take(&mut self.local));
         }
     }
 
@@ -750,6 +741,7 @@ impl Worker {
                 draining: false,
                 closing_since: None,
                 last_activity: now,
+                opened: now,
                 deadline: None,
                 queued: false,
                 counted_failure: false,
@@ -785,7 +777,11 @@ impl Worker {
         if let Some(p) = c.plain.as_mut() {
             let _ = registry.deregister(&mut p.stream);
         }
-        self.local.sessions.add(c.session.stats());
+        // The TLS bytes were counted as they passed (see `drive`).
+        let mut stats = c.session.stats().clone();
+        stats.tls_bytes_received = 0;
+        stats.tls_bytes_sent = 0;
+        self.local.sessions.add(&stats);
         self.local.closed += 1;
         self.shared.metrics.active.fetch_sub(1, Ordering::Relaxed);
     }
@@ -983,6 +979,8 @@ fn drive(
                     }
                     Ok(n) => {
                         c.session.received(n);
+                        // Counted as the bytes pass, so open connections show up.
+                        counters.sessions.tls_bytes_received += n as u64;
                         c.last_activity = now;
                         progress = true;
                     }
@@ -1051,6 +1049,7 @@ fn drive(
                         c.raw_out.consume(n);
                     } else {
                         c.session.transmitted(n);
+                        counters.sessions.tls_bytes_sent += n as u64;
                     }
                     progress = true;
                 }
@@ -1248,13 +1247,14 @@ fn process(c: &mut Conn, wall: Time, counters: &mut Counters, new_plain: &mut Op
         local,
         close_after_flush,
         listener,
+        opened,
         ..
     } = c;
     let mut reply = Reply::default();
     let mut peer_closed = false;
     let res = session.process(wall, |ev| match ev {
         Event::Established(id) => {
-            counters.handshake(id.version, id.resumed());
+            counters.handshake(id.version, id.resumed(), opened.elapsed());
             match mode {
                 Mode::Terminate { backend, .. } => match backend {
                     Backend::Service(service) => {

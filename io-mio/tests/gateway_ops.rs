@@ -139,8 +139,8 @@ fn max_connections_closes_the_excess_keeps_the_established_and_recovers() {
         gw.log()
     );
 
-    // The metrics say so: three open, three refused for capacity.
-    let over = "onerecord_handshake_failures_total{reason=\"over_capacity\"}";
+    // The metrics say so: three open, three refused for capacity (not handshake failures).
+    let over = "onerecord_connections_refused_total{reason=\"over_capacity\"}";
     let start = Instant::now();
     let text = loop {
         let t = scrape(maddr);

@@ -145,7 +145,9 @@ pub fn start(d: &DevArgs) -> Result<(), ConfigFail> {
         mode,
     }];
     let a2 = args.clone();
-    crate::run(listeners, &args.common, move |prev| {
+    let watched =
+        crate::exposition::watched(Some(&args.cert), args.client_ca.as_deref(), &args.crl);
+    crate::run(listeners, &args.common, watched, move |prev| {
         server_mode(&a2, prev.as_ref())
     })
 }

@@ -10,6 +10,7 @@
 //! and ticket keys. Exit codes: 0 clean, 1 runtime failure, 2 bad configuration.
 
 mod dev;
+mod exposition;
 mod metrics_http;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -49,7 +50,29 @@ struct Common {
     /// Worker threads (default: number of CPUs).
     #[arg(long, default_value_t = 0)]
     workers: usize,
-    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100): /metrics, /healthz,
+    /// /readyz.
+    ///
+    /// GET /metrics answers in the Prometheus text format (OpenMetrics when the scraper's
+    /// Accept header asks for it); /healthz is 200 while the process runs; /readyz is 200 while
+    /// listening with a loaded policy and 503 while draining. Other paths get 404, other
+    /// methods 405. Metrics: onerecord_handshakes_total{version,kind},
+    /// onerecord_handshake_failures_total{reason}, onerecord_handshake_duration_seconds
+    /// (histogram, accept to completed handshake), onerecord_connections_refused_total{reason}
+    /// (over_capacity, refused_by_application), onerecord_connections_active,
+    /// onerecord_connections_accepted_total, onerecord_connections_closed_total,
+    /// onerecord_bytes_total{direction} (open connections included),
+    /// onerecord_plaintext_http_total, onerecord_idle_timeouts_total,
+    /// onerecord_upstream_errors_total, onerecord_accept_errors_total,
+    /// onerecord_certificate_expiry_seconds{listener},
+    /// onerecord_certificate_not_after_timestamp_seconds{file,role,subject},
+    /// onerecord_crl_next_update_timestamp_seconds{file,issuer},
+    /// onerecord_crl_this_update_timestamp_seconds{file,issuer},
+    /// onerecord_crl_age_seconds{file,issuer},
+    /// onerecord_reload_last_success_timestamp_seconds, onerecord_reload_last_successful,
+    /// onerecord_reload_failures_total{trigger}, onerecord_build_info{version},
+    /// process_cpu_seconds_total, process_resident_memory_bytes, process_virtual_memory_bytes,
+    /// process_open_fds, process_max_fds, process_start_time_seconds.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
     /// Handshake timeout in seconds.
@@ -358,10 +381,12 @@ fn current_policy(mode: &Mode) -> Option<ServerPolicy> {
     }
 }
 
-/// Run until SIGINT/SIGTERM; SIGHUP (and the reload interval) calls `reload`.
+/// Run until SIGINT/SIGTERM; SIGHUP (and the reload interval) calls `reload`. `watched` names
+/// the files the policy is built from (their dates are reported as metrics).
 fn run(
     listeners: Vec<Listener>,
     common: &Common,
+    watched: exposition::Watched,
     reload: impl Fn(Option<ServerPolicy>) -> Result<Mode, ConfigFail> + Send + Sync + 'static,
 ) -> Result<(), ConfigFail> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -390,29 +415,38 @@ fn run(
     })
     .map_err(|e| ConfigFail(format!("--listen {}: {e}", addrs.join(", "))))?;
     let handle = Arc::new(handle);
+    let status = exposition::Status::new(handle.metrics().clone(), watched);
+    if let Some(m) = common.metrics {
+        metrics_http::serve(m, status.clone())
+            .map_err(|e| ConfigFail(format!("--metrics {m}: {e}")))?;
+        info!("metrics on http://{m}/metrics (and /healthz, /readyz)");
+    }
+    // Listening with the policy loaded above.
+    status.set_ready(true);
     for a in handle.local_addrs() {
         info!("listening on {a}");
-    }
-    if let Some(m) = common.metrics {
-        metrics_http::serve(m, handle.metrics().clone())
-            .map_err(|e| ConfigFail(format!("--metrics {m}: {e}")))?;
-        info!("metrics on http://{m}/metrics");
     }
     let reload = Arc::new(reload);
     let do_reload = {
         let handle = handle.clone();
         let reload = reload.clone();
-        move || {
+        let status = status.clone();
+        move |trigger: exposition::Trigger| {
             // Every listener runs the same mode (as at start): build it once per reload.
             let previous = handle.mode(0).as_ref().and_then(current_policy);
             match reload(previous) {
                 Ok(mode) => {
+                    // Before the log line, so whoever reads it sees the new dates.
+                    status.loaded();
                     for (i, addr) in handle.local_addrs().iter().enumerate() {
                         handle.reload(i, mode.clone());
                         info!("reloaded policy for {addr}");
                     }
                 }
-                Err(ConfigFail(e)) => error!("reload failed, keeping the current policy: {e}"),
+                Err(ConfigFail(e)) => {
+                    status.reload_failed(trigger);
+                    error!("reload failed, keeping the current policy: {e}");
+                }
             }
         }
     };
@@ -424,7 +458,7 @@ fn run(
             .spawn(move || {
                 loop {
                     std::thread::sleep(every);
-                    r();
+                    r(exposition::Trigger::Interval);
                 }
             })
             .map_err(|e| ConfigFail(e.to_string()))?;
@@ -435,10 +469,11 @@ fn run(
         match sig {
             SIGHUP => {
                 info!("SIGHUP: reloading");
-                do_reload();
+                do_reload(exposition::Trigger::Signal);
             }
             _ => {
                 info!("shutting down: draining connections");
+                status.set_ready(false);
                 handle.shutdown();
                 break;
             }
@@ -467,7 +502,8 @@ fn main() -> ExitCode {
                     })
                     .collect();
                 let args = a.clone();
-                run(listeners, &a.common, move |prev| {
+                let watched = exposition::watched(Some(&a.cert), a.client_ca.as_deref(), &a.crl);
+                run(listeners, &a.common, watched, move |prev| {
                     let inputs = client_trust_inputs(&args);
                     let same = trust.lock().is_ok_and(|t| *t == inputs);
                     if !same && prev.is_some() {
@@ -490,7 +526,8 @@ fn main() -> ExitCode {
                 mode,
             }];
             let args = a.clone();
-            run(listeners, &a.common, move |_| client_mode(&args))
+            let watched = exposition::watched(a.cert.as_deref(), Some(&a.ca), &a.crl);
+            run(listeners, &a.common, watched, move |_| client_mode(&args))
         }),
         Command::Dev(d) => dev::start(&d),
     };

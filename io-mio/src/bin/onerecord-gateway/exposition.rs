@@ -1,0 +1,550 @@
+//! What the metrics endpoint reports: the server's counters, the files the loaded policy came
+//! from (certificate and CRL dates), reloads, build and process, encoded with
+//! `prometheus-client` in the Prometheus text format (0.0.4) or OpenMetrics.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use log::debug;
+use onerecord_tls::{CertInfo, Failure, Time, pki};
+use onerecord_tls_mio::Metrics;
+use onerecord_tls_mio::metrics::HANDSHAKE_BUCKETS;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+/// The files a policy is built from, by role.
+#[derive(Clone, Debug, Default)]
+pub struct Watched {
+    /// Own certificate chains (`--cert`).
+    pub own: Vec<PathBuf>,
+    /// CA bundles (`--client-ca`, `--ca`).
+    pub ca: Vec<PathBuf>,
+    /// CRL files (`--crl`).
+    pub crl: Vec<PathBuf>,
+}
+
+/// One certificate of a file: subject and `notAfter` (unix seconds).
+#[derive(Clone, Debug)]
+struct CertDate {
+    file: String,
+    role: &'static str,
+    subject: String,
+    not_after: u64,
+}
+
+/// One CRL of a file: issuer, `thisUpdate` and `nextUpdate` (unix seconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlDates {
+    /// Issuer name (RFC 4514).
+    pub issuer: String,
+    /// `thisUpdate`.
+    pub this_update: u64,
+    /// `nextUpdate`, when the CRL has one.
+    pub next_update: Option<u64>,
+}
+
+/// `thisUpdate`/`nextUpdate` of a DER CRL.
+// The core may grow a CRL summary of its own; this reads only the two dates and the issuer.
+fn crl_dates(der: &[u8]) -> Result<CrlDates, String> {
+    use x509_cert::crl::CertificateList;
+    use x509_cert::der::Decode;
+    let crl = CertificateList::from_der(der).map_err(|e| e.to_string())?;
+    let tbs = &crl.tbs_cert_list;
+    Ok(CrlDates {
+        issuer: tbs.issuer.to_string(),
+        this_update: tbs.this_update.to_unix_duration().as_secs(),
+        next_update: tbs.next_update.map(|t| t.to_unix_duration().as_secs()),
+    })
+}
+
+/// What the files of the loaded policy say, read after each successful load.
+#[derive(Clone, Debug, Default)]
+struct Files {
+    certs: Vec<CertDate>,
+    crls: Vec<(String, CrlDates)>,
+}
+
+impl Files {
+    fn read(w: &Watched) -> Self {
+        let mut f = Files::default();
+        for (role, paths) in [("cert", &w.own), ("ca", &w.ca)] {
+            for p in paths {
+                match pki::certificates_from_file(p) {
+                    Ok(chain) => {
+                        for der in chain {
+                            if let Ok(info) = CertInfo::parse(&der) {
+                                f.certs.push(CertDate {
+                                    file: p.display().to_string(),
+                                    role,
+                                    subject: info.subject,
+                                    not_after: info.not_after.as_unix_secs(),
+                                });
+                            }
+                        }
+                    }
+                    Err(e) => debug!("metrics: {}: {e}", p.display()),
+                }
+            }
+        }
+        for p in &w.crl {
+            match pki::crls_from_file(p) {
+                Ok(crls) => {
+                    for der in crls {
+                        match crl_dates(der.as_ref()) {
+                            Ok(d) => f.crls.push((p.display().to_string(), d)),
+                            Err(e) => debug!("metrics: {}: {e}", p.display()),
+                        }
+                    }
+                }
+                Err(e) => debug!("metrics: {}: {e}", p.display()),
+            }
+        }
+        f
+    }
+}
+
+/// What started a reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// SIGHUP.
+    Signal,
+    /// `--reload-interval`.
+    Interval,
+}
+
+#[derive(Debug, Default)]
+struct Reloads {
+    files: Files,
+    /// Unix time of the last successful load (the start counts).
+    last_success: f64,
+    last_ok: bool,
+    /// Failed reloads, by [`Trigger`] (signal, interval).
+    failures: [u64; 2],
+}
+
+/// The gateway's state as the endpoint reports it.
+#[derive(Debug)]
+pub struct Status {
+    metrics: Metrics,
+    watched: Watched,
+    ready: AtomicBool,
+    started: f64,
+    reloads: Mutex<Reloads>,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Status {
+    /// The status of a gateway whose policy was built from `watched` (read now).
+    pub fn new(metrics: Metrics, watched: Watched) -> Arc<Self> {
+        let s = Arc::new(Self {
+            metrics,
+            watched,
+            ready: AtomicBool::new(false),
+            started: unix_now(),
+            reloads: Mutex::new(Reloads::default()),
+        });
+        s.loaded();
+        s
+    }
+
+    /// Ready (listening with a loaded policy) or not (starting, draining).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// `true` while listening with a loaded policy.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// A policy was (re)loaded from the watched files: read their dates again.
+    pub fn loaded(&self) {
+        let files = Files::read(&self.watched);
+        if let Ok(mut r) = self.reloads.lock() {
+            r.files = files;
+            r.last_success = unix_now();
+            r.last_ok = true;
+        }
+    }
+
+    /// A reload failed (the current policy stays).
+    pub fn reload_failed(&self, trigger: Trigger) {
+        if let Ok(mut r) = self.reloads.lock() {
+            r.failures[trigger as usize] += 1;
+            r.last_ok = false;
+        }
+    }
+
+    /// The exposition: OpenMetrics when `openmetrics`, else the Prometheus text format 0.0.4.
+    /// Returns the body and its content type.
+    pub fn render(self: &Arc<Self>, openmetrics: bool) -> (String, &'static str) {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.clone()));
+        let mut out = String::with_capacity(8192);
+        if openmetrics {
+            let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+            (
+                out,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+        } else {
+            let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+            (
+                out,
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            )
+        }
+    }
+}
+
+/// One metric family: a descriptor and its samples.
+fn family<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Vec<(&'static str, String)>, M)>,
+) -> std::fmt::Result {
+    let mut samples = samples.into_iter().peekable();
+    let Some((_, first)) = samples.peek() else {
+        return Ok(());
+    };
+    let mut m = enc.encode_descriptor(name, help, None, first.metric_type())?;
+    for (labels, value) in samples {
+        // An empty label set encodes as no braces at all.
+        value.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn one<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: M,
+) -> std::fmt::Result {
+    family(enc, name, help, [(Vec::new(), value)])
+}
+
+fn l(k: &'static str, v: impl Into<String>) -> (&'static str, String) {
+    (k, v.into())
+}
+
+impl Collector for Status {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let now = Time::now().as_unix_secs() as i64;
+        let s = self.metrics.snapshot();
+        let c = &s.counters;
+
+        // Counters' names are given without `_total`: the encoder appends it.
+        let mut hs = Vec::new();
+        for (vi, v) in ["TLSv1.2", "TLSv1.3"].iter().enumerate() {
+            for (ri, kind) in ["full", "resumed"].iter().enumerate() {
+                hs.push((
+                    vec![l("version", *v), l("kind", *kind)],
+                    ConstCounter::new(c.handshakes[vi][ri]),
+                ));
+            }
+        }
+        family(
+            &mut enc,
+            "onerecord_handshakes",
+            "Completed TLS handshakes.",
+            hs,
+        )?;
+        family(
+            &mut enc,
+            "onerecord_handshake_failures",
+            "Refused or failed handshakes by reason.",
+            Failure::ALL.iter().map(|f| {
+                (
+                    vec![l("reason", f.label())],
+                    ConstCounter::new(c.sessions.failures_of(*f)),
+                )
+            }),
+        )?;
+        {
+            let h = &c.handshake_seconds;
+            let buckets: Vec<(f64, u64)> = HANDSHAKE_BUCKETS
+                .iter()
+                .copied()
+                .chain([f64::INFINITY])
+                .zip(h.counts.iter().copied())
+                .collect();
+            let mut m = enc.encode_descriptor(
+                "onerecord_handshake_duration_seconds",
+                "Time from accepting the TCP connection to the completed handshake.",
+                None,
+                MetricType::Histogram,
+            )?;
+            m.encode_histogram::<NoLabelSet>(h.sum_seconds(), h.count(), &buckets, None)?;
+        }
+        family(
+            &mut enc,
+            "onerecord_connections_refused",
+            "Connections closed without a handshake failure: over --max-connections (no \
+             handshake attempted) or refused by the application after the handshake.",
+            [
+                (
+                    vec![l("reason", "over_capacity")],
+                    ConstCounter::new(c.refused_capacity),
+                ),
+                (
+                    vec![l("reason", "refused_by_application")],
+                    ConstCounter::new(c.refused_by_service),
+                ),
+            ],
+        )?;
+        one(
+            &mut enc,
+            "onerecord_connections_active",
+            "Connections open now.",
+            ConstGauge::new(s.active as i64),
+        )?;
+        for (name, help, v) in [
+            (
+                "onerecord_connections_accepted",
+                "TCP connections accepted.",
+                c.accepted,
+            ),
+            (
+                "onerecord_connections_closed",
+                "Connections finished.",
+                c.closed,
+            ),
+            (
+                "onerecord_plaintext_http",
+                "Plaintext HTTP requests on the TLS port, answered with 400.",
+                c.plaintext_http,
+            ),
+            (
+                "onerecord_idle_timeouts",
+                "Connections closed for being idle.",
+                c.idle_timeouts,
+            ),
+            (
+                "onerecord_upstream_errors",
+                "Failures to reach or talk to the upstream.",
+                c.upstream_errors,
+            ),
+            (
+                "onerecord_accept_errors",
+                "Failed accepts (usually out of file descriptors; raise the limit or lower \
+                 --max-connections).",
+                c.accept_errors,
+            ),
+        ] {
+            one(&mut enc, name, help, ConstCounter::new(v))?;
+        }
+        family(
+            &mut enc,
+            "onerecord_bytes",
+            "TLS bytes received and sent, counted as they pass (open connections included).",
+            [
+                (
+                    vec![l("direction", "received")],
+                    ConstCounter::new(c.sessions.tls_bytes_received),
+                ),
+                (
+                    vec![l("direction", "sent")],
+                    ConstCounter::new(c.sessions.tls_bytes_sent),
+                ),
+            ],
+        )?;
+        family(
+            &mut enc,
+            "onerecord_certificate_expiry_seconds",
+            "Seconds until the own certificate a listener serves expires.",
+            s.certificates.iter().map(|(listener, not_after)| {
+                (
+                    vec![l("listener", listener.clone())],
+                    ConstGauge::new(not_after.as_unix_secs() as i64 - now),
+                )
+            }),
+        )?;
+
+        let (files, last_success, last_ok, failures) = match self.reloads.lock() {
+            Ok(r) => (r.files.clone(), r.last_success, r.last_ok, r.failures),
+            Err(_) => (Files::default(), 0.0, false, [0; 2]),
+        };
+        family(
+            &mut enc,
+            "onerecord_certificate_not_after_timestamp_seconds",
+            "notAfter (unix time) of each certificate in the loaded files: role=\"cert\" for \
+             the own chain (--cert), role=\"ca\" for CA bundles (--client-ca, --ca).",
+            files.certs.iter().map(|c| {
+                (
+                    vec![
+                        l("file", c.file.clone()),
+                        l("role", c.role),
+                        l("subject", c.subject.clone()),
+                    ],
+                    ConstGauge::new(c.not_after as i64),
+                )
+            }),
+        )?;
+        family(
+            &mut enc,
+            "onerecord_crl_next_update_timestamp_seconds",
+            "nextUpdate (unix time) of each loaded CRL: after it the CRL is stale.",
+            files.crls.iter().filter_map(|(file, d)| {
+                Some((
+                    vec![l("file", file.clone()), l("issuer", d.issuer.clone())],
+                    ConstGauge::new(d.next_update? as i64),
+                ))
+            }),
+        )?;
+        family(
+            &mut enc,
+            "onerecord_crl_this_update_timestamp_seconds",
+            "thisUpdate (unix time) of each loaded CRL.",
+            files.crls.iter().map(|(file, d)| {
+                (
+                    vec![l("file", file.clone()), l("issuer", d.issuer.clone())],
+                    ConstGauge::new(d.this_update as i64),
+                )
+            }),
+        )?;
+        family(
+            &mut enc,
+            "onerecord_crl_age_seconds",
+            "Seconds since the thisUpdate of each loaded CRL.",
+            files.crls.iter().map(|(file, d)| {
+                (
+                    vec![l("file", file.clone()), l("issuer", d.issuer.clone())],
+                    ConstGauge::new(now - d.this_update as i64),
+                )
+            }),
+        )?;
+        one(
+            &mut enc,
+            "onerecord_reload_last_success_timestamp_seconds",
+            "Unix time of the last successful policy load (the start counts).",
+            ConstGauge::new(last_success),
+        )?;
+        one(
+            &mut enc,
+            "onerecord_reload_last_successful",
+            "1 when the last load or reload succeeded, 0 when it failed (the previous policy \
+             stays in use).",
+            ConstGauge::new(i64::from(last_ok)),
+        )?;
+        family(
+            &mut enc,
+            "onerecord_reload_failures",
+            "Failed reloads (the previous policy stays in use), by what started them.",
+            [("signal", failures[0]), ("interval", failures[1])]
+                .map(|(t, v)| (vec![l("trigger", t)], ConstCounter::new(v))),
+        )?;
+        {
+            let mut m = enc.encode_descriptor(
+                "onerecord_build",
+                "The gateway's version.",
+                None,
+                MetricType::Info,
+            )?;
+            m.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
+        }
+        one(
+            &mut enc,
+            "process_start_time_seconds",
+            "Start time of the process since the unix epoch in seconds.",
+            ConstGauge::new(self.started),
+        )?;
+        process(&mut enc)
+    }
+}
+
+/// `process_*` from `/proc/self` (Linux): CPU, memory, descriptors.
+#[cfg(target_os = "linux")]
+fn process(enc: &mut DescriptorEncoder) -> std::fmt::Result {
+    // /proc/<pid>/stat counts CPU time in USER_HZ ticks, 100 per second on Linux (as the
+    // Prometheus Go client assumes too).
+    const USER_HZ: f64 = 100.0;
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3 (state) on.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    if let (Some(utime), Some(stime)) = (ticks(11), ticks(12)) {
+        one(
+            enc,
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            ConstCounter::new((utime + stime) as f64 / USER_HZ),
+        )?;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| {
+        status.lines().find_map(|line| {
+            let v = line.strip_prefix(key)?.trim().strip_suffix("kB")?;
+            v.trim().parse::<i64>().ok().map(|k| k * 1024)
+        })
+    };
+    if let Some(rss) = kib("VmRSS:") {
+        one(
+            enc,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            ConstGauge::new(rss),
+        )?;
+    }
+    if let Some(vsz) = kib("VmSize:") {
+        one(
+            enc,
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            ConstGauge::new(vsz),
+        )?;
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        // The directory handle being read is one of them.
+        let n = dir.count().saturating_sub(1);
+        one(
+            enc,
+            "process_open_fds",
+            "Number of open file descriptors.",
+            ConstGauge::new(n as i64),
+        )?;
+    }
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    if let Some(max) = limits.lines().find_map(|line| {
+        line.strip_prefix("Max open files")?
+            .split_whitespace()
+            .next()?
+            .parse::<i64>()
+            .ok()
+    }) {
+        one(
+            enc,
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            ConstGauge::new(max),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn process(_enc: &mut DescriptorEncoder) -> std::fmt::Result {
+    Ok(())
+}
+
+/// The files a CA-bundle flag and CRL flags name, for [`Watched`].
+pub fn watched(own: Option<&Path>, ca: Option<&Path>, crl: &[PathBuf]) -> Watched {
+    Watched {
+        own: own.map(Path::to_path_buf).into_iter().collect(),
+        ca: ca.map(Path::to_path_buf).into_iter().collect(),
+        crl: crl.to_vec(),
+    }
+}
