@@ -185,7 +185,10 @@ fn idle_clients_beyond_the_connection_cap_cannot_lock_scrapes_out() {
         maddr,
         "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
-    assert!(took < Duration::from_millis(1000), "took {took:?}: {resp:?}");
+    assert!(
+        took < Duration::from_millis(1000),
+        "took {took:?}: {resp:?}"
+    );
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     drop(idle);
 }

@@ -56,7 +56,9 @@ struct Common {
     /// GET /metrics answers in the Prometheus text format (OpenMetrics when the scraper's
     /// Accept header asks for it); /healthz is 200 while the process runs; /readyz is 200 while
     /// listening with a loaded policy and 503 while draining. Other paths get 404, other
-    /// methods 405. Metrics: onerecord_handshakes_total{version,kind},
+    /// methods 405.
+    ///
+    /// Metrics (see README.md): onerecord_handshakes_total{version,kind},
     /// onerecord_handshake_failures_total{reason}, onerecord_handshake_duration_seconds
     /// (histogram, accept to completed handshake), onerecord_connections_refused_total{reason}
     /// (over_capacity, refused_by_application), onerecord_connections_active,
@@ -184,7 +186,7 @@ struct DevArgs {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
     listen: SocketAddr,
-    /// Serve Prometheus metrics on this address.
+    /// Serve Prometheus metrics on this address: /metrics, /healthz, /readyz (as in `server`).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
     /// Worker threads (default: number of CPUs).
