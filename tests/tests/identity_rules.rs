@@ -1,5 +1,5 @@
 //! Allow rules through real handshakes over the in-memory pair: URI rules compare URIs
-//! component by component.
+//! component by component, and any allow rule makes a client certificate required.
 
 use onerecord_tls::policy::{ClientPolicyBuilder, ServerPolicyBuilder};
 use onerecord_tls::{
@@ -96,4 +96,38 @@ fn uri_rule_that_is_not_an_absolute_uri_fails_the_policy_build_naming_the_rule()
             assert!(detail.contains(bad), "{err}");
         }
     }
+}
+
+#[test]
+fn allow_rule_with_optional_client_auth_refuses_anonymous_clients() {
+    let ca = Ca::new("ONE Record Test CA");
+    let acme = ca.issue(&LeafSpec::client("acme"));
+    for rule in [
+        IdentityRule::CommonName("acme".into()),
+        IdentityRule::UriPrefix("https://onerecord.example/".into()),
+    ] {
+        let s = server(&ca, ClientAuth::Optional).allow(rule.clone());
+        let policy = s.clone().build(now()).unwrap();
+        assert!(
+            matches!(policy.client_auth(), ClientAuth::Required(_)),
+            "{rule:?}: a policy with allow rules reports required client auth"
+        );
+        for (v, alert) in [
+            (Versions::Tls13Only, Alert::CertificateRequired),
+            (Versions::Tls12Only, Alert::HandshakeFailure),
+        ] {
+            let p = run(s.clone(), client(&ca, None, v));
+            assert_refused(&p, Reason::NoPeerCertificate, alert);
+            assert_eq!(p.server.stats().failures_of(Failure::NoPeerCertificate), 1);
+            let p = run(s.clone(), client(&ca, Some(&acme), v));
+            assert!(p.server.is_established(), "{rule:?}: {:?}", p.server_error);
+        }
+    }
+    // Without rules, optional client auth still admits anonymous clients (documented).
+    let p = run(
+        server(&ca, ClientAuth::Optional),
+        client(&ca, None, Versions::Tls13Only),
+    );
+    assert!(p.server.is_established());
+    assert!(!p.server_saw().unwrap().authenticated());
 }
