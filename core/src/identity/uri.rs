@@ -305,4 +305,22 @@ mod tests {
             assert!(err.contains(why), "{rule:?}: {err:?} should say {why:?}");
         }
     }
+
+    proptest::proptest! {
+        /// Peer input never panics, and a valid URI covers and equals itself.
+        #[test]
+        fn any_string_parses_or_is_refused_without_panic_and_a_valid_uri_matches_itself(
+            s in "(https?|HTTPS|spiffe)://([a-zA-Z0-9.:@%\\[\\]-]{0,24})(/[a-zA-Z0-9%./?#@:~-]{0,12}){0,4}|\\PC{0,40}",
+            other in "\\PC{0,40}",
+        ) {
+            if let Ok(u) = Uri::parse(&s) {
+                proptest::prop_assert!(u.covers(&u) && u.same_resource(&u), "{s:?}");
+                let again = Uri::parse(&s).unwrap();
+                proptest::prop_assert_eq!(u, again);
+            }
+            if let (Ok(a), Ok(b)) = (Uri::parse(&s), Uri::parse(&other)) {
+                let _ = (a.covers(&b), b.covers(&a), a.same_resource(&b));
+            }
+        }
+    }
 }
