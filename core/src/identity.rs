@@ -327,8 +327,15 @@ impl IdentityRule {
     /// it first to name the option the rule came from.
     pub fn validate(&self) -> Result<(), crate::ConfigError> {
         let invalid = |why: &str| {
+            let (kind, value) = match self {
+                Self::UriExact(s) => ("exact URI rule", s.as_str()),
+                Self::UriPrefix(s) => ("URI rule", s.as_str()),
+                Self::Dns(s) => ("DNS rule", s.as_str()),
+                Self::CommonName(s) => ("CN rule", s.as_str()),
+                Self::SpkiSha256(_) => ("SPKI rule", ""),
+            };
             Err(crate::ConfigError::InvalidIdentityRule {
-                detail: alloc::format!("{self:?}: {why}"),
+                detail: alloc::format!("{kind} {value:?}: {why}"),
             })
         };
         match self {
