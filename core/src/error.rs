@@ -536,6 +536,13 @@ pub enum ConfigError {
     },
     /// The input holds no private key (PKCS#8, SEC1 or PKCS#1).
     NoPrivateKey,
+    /// The private key is encrypted with a passphrase, which is not supported: decrypt it
+    /// first (`openssl pkey -in key.pem -out key-decrypted.pem`) and protect the file with
+    /// its permissions.
+    EncryptedPrivateKey {
+        /// How it is encrypted: `PKCS#8 ENCRYPTED PRIVATE KEY` or `PEM Proc-Type 4,ENCRYPTED`.
+        format: &'static str,
+    },
     /// The key's algorithm is not supported (ring: ECDSA P-256/P-384, Ed25519, RSA 2048+).
     UnsupportedKeyType,
     /// The private key does not belong to the certificate's public key.
@@ -631,6 +638,12 @@ impl fmt::Display for ConfigError {
             Self::NoPrivateKey => {
                 f.write_str("no private key found (expected PKCS#8, SEC1 or PKCS#1 PEM)")
             }
+            Self::EncryptedPrivateKey { format } => write!(
+                f,
+                "encrypted private keys are not supported ({format}): decrypt it with \
+                 `openssl pkey -in key.pem -out key-decrypted.pem` and protect the file with \
+                 its permissions"
+            ),
             Self::UnsupportedKeyType => f.write_str(
                 "unsupported private key type (use ECDSA P-256/P-384, Ed25519 or RSA 2048+)",
             ),

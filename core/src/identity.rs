@@ -24,6 +24,8 @@ use x509_cert::ext::pkix::name::GeneralName;
 use crate::policy::{CipherSuite, Group, TlsVersion};
 use crate::time::Time;
 
+mod uri;
+
 const OID_CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 const OID_O: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.10");
 const OID_OU: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.11");
@@ -268,12 +270,36 @@ impl PeerIdentity {
 
 /// One allow rule, checked after the chain verifies. A policy with rules refuses a peer
 /// whose certificate matches none of them with `access_denied`.
+///
+/// # URI rules
+///
+/// [`IdentityRule::UriPrefix`] and [`IdentityRule::UriExact`] take an absolute URI
+/// (`scheme://host[:port][/path]`) and compare it with each URI SAN component by component,
+/// never as a string prefix:
+/// - scheme and host equal, ASCII case-insensitively; a host never matches by suffix
+///   (`https://onerecord.example` does not cover `https://onerecord.example.evil.com/`);
+///   IPv6 literals compare as addresses (`[::1]` equals `[0:0::1]`);
+/// - ports equal once `https`/`http` default ports are filled in (`:443` explicit equals
+///   implicit, `:8443` is another origin);
+/// - paths: see each variant. Percent-encoded octets are compared as written (hex digits
+///   case-insensitively) and never decoded, so `%2F` is not a `/` boundary and `%61` is not
+///   `a`: the certificate must spell the path the way the rule does.
+///
+/// A rule with userinfo (`user@host`), a query, a fragment, empty (`//`) or dot (`.`, `..`)
+/// path segments, a non-ASCII character or no `scheme://host` is refused when the policy is
+/// built ([`ConfigError::InvalidIdentityRule`](crate::ConfigError::InvalidIdentityRule)). A
+/// certificate URI with any of these matches no URI rule.
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IdentityRule {
-    /// A URI SAN equal to this string.
+    /// A URI SAN naming the same resource: same scheme, host and port (as above) and the
+    /// same path (a trailing `/` is significant: `https://h/a` is not `https://h/a/`, but an
+    /// empty path equals `/`).
     UriExact(String),
-    /// A URI SAN starting with this prefix (e.g. `https://onerecord.example/`).
+    /// A URI SAN at or under this URI: same scheme, host and port (as above), and the rule's
+    /// path a prefix of the certificate's path **at a `/` boundary**. An empty path or `/`
+    /// covers the whole origin; `https://h/a` and `https://h/a/` both cover `https://h/a`,
+    /// `https://h/a/` and `https://h/a/b`, never `https://h/ab`.
     UriPrefix(String),
     /// A DNS SAN equal to this name (ASCII case-insensitive).
     Dns(String),
@@ -284,31 +310,61 @@ pub enum IdentityRule {
 }
 
 impl IdentityRule {
-    /// `true` when `cert` satisfies the rule.
+    /// `true` when `cert` satisfies the rule. A URI rule that does not parse matches nothing
+    /// (building a policy refuses it first, see [`IdentityRule::validate`]).
     pub fn matches(&self, cert: &CertInfo) -> bool {
         match self {
-            Self::UriExact(u) => cert.uris.iter().any(|x| x == u),
-            Self::UriPrefix(p) => cert.uris.iter().any(|x| x.starts_with(p.as_str())),
+            Self::UriExact(u) => uri_rule_matches(u, cert, uri::Uri::same_resource),
+            Self::UriPrefix(p) => uri_rule_matches(p, cert, uri::Uri::covers),
             Self::Dns(d) => cert.dns_names.iter().any(|x| x.eq_ignore_ascii_case(d)),
             Self::CommonName(cn) => cert.common_names.iter().any(|x| x == cn),
             Self::SpkiSha256(pin) => cert.spki_sha256 == *pin,
         }
     }
 
-    pub(crate) fn validate(&self) -> Result<(), crate::ConfigError> {
-        let empty = match self {
-            Self::UriExact(s) | Self::UriPrefix(s) | Self::Dns(s) | Self::CommonName(s) => {
-                s.is_empty()
-            }
-            Self::SpkiSha256(_) => false,
+    /// Check that the rule can match something: not empty, and for URI rules an absolute
+    /// URI as described on [`IdentityRule`]. Policy builders call this; an adapter may call
+    /// it first to name the option the rule came from.
+    pub fn validate(&self) -> Result<(), crate::ConfigError> {
+        let invalid = |why: &str| {
+            let (kind, value) = match self {
+                Self::UriExact(s) => ("exact URI rule", s.as_str()),
+                Self::UriPrefix(s) => ("URI rule", s.as_str()),
+                Self::Dns(s) => ("DNS rule", s.as_str()),
+                Self::CommonName(s) => ("CN rule", s.as_str()),
+                Self::SpkiSha256(_) => ("SPKI rule", ""),
+            };
+            Err(crate::ConfigError::InvalidIdentityRule {
+                detail: alloc::format!("{kind} {value:?}: {why}"),
+            })
         };
-        if empty {
-            return Err(crate::ConfigError::InvalidIdentityRule {
-                detail: alloc::format!("{self:?} is empty and would match everything or nothing"),
-            });
+        match self {
+            Self::UriExact(s) | Self::UriPrefix(s) => match uri::Uri::parse(s) {
+                Ok(_) => Ok(()),
+                Err(why) => invalid(why),
+            },
+            Self::Dns(s) | Self::CommonName(s) if s.is_empty() => {
+                invalid("empty, it would match everything or nothing")
+            }
+            Self::Dns(_) | Self::CommonName(_) | Self::SpkiSha256(_) => Ok(()),
         }
-        Ok(())
     }
+}
+
+/// `true` when `rule` parses and `matches(rule, san)` holds for a URI SAN of `cert` that
+/// parses.
+fn uri_rule_matches(
+    rule: &str,
+    cert: &CertInfo,
+    matches: impl Fn(&uri::Uri, &uri::Uri) -> bool,
+) -> bool {
+    let Ok(rule) = uri::Uri::parse(rule) else {
+        return false;
+    };
+    cert.uris
+        .iter()
+        .filter_map(|s| uri::Uri::parse(s).ok())
+        .any(|san| matches(&rule, &san))
 }
 
 /// A set of allow rules; a certificate passes when it matches any rule. An empty set allows
@@ -425,6 +481,367 @@ mod tests {
         assert_eq!(Sha256::from_hex(&with_colons.to_uppercase()), Some(d));
         assert_eq!(Sha256::from_hex("abc"), None);
         assert_eq!(Sha256::from_hex(&alloc::format!("{hex}00")), None);
+    }
+
+    /// (rule, certificate URI, matches as `UriPrefix`, matches as `UriExact`).
+    const URI_TABLE: &[(&str, &str, bool, bool)] = &[
+        // The cases.
+        (
+            "https://onerecord.example",
+            "https://onerecord.example/logistics-agents/acme",
+            true,
+            false,
+        ),
+        (
+            "https://onerecord.example",
+            "https://onerecord.example.evil.com/x",
+            false,
+            false,
+        ),
+        (
+            "https://onerecord.example",
+            "https://onerecord.example:8443/x",
+            false,
+            false,
+        ),
+        (
+            "https://onerecord.example/",
+            "https://onerecord.example.evil.com/x",
+            false,
+            false,
+        ),
+        (
+            "https://onerecord.example/",
+            "https://onerecord.example",
+            true,
+            true,
+        ),
+        (
+            "https://onerecord.example",
+            "https://onerecord.example/",
+            true,
+            true,
+        ),
+        // No suffix or prefix match on hosts.
+        (
+            "https://onerecord.example",
+            "https://evil-onerecord.example/x",
+            false,
+            false,
+        ),
+        (
+            "https://onerecord.example",
+            "https://x.onerecord.example/x",
+            false,
+            false,
+        ),
+        (
+            "https://a.onerecord.example",
+            "https://onerecord.example/x",
+            false,
+            false,
+        ),
+        // Default ports: explicit equals implicit, others differ.
+        ("https://h.example:443/a", "https://h.example/a", true, true),
+        ("https://h.example/a", "https://h.example:443/a", true, true),
+        ("https://h.example:/a", "https://h.example/a", true, true),
+        ("http://h.example/a", "http://h.example:80/a", true, true),
+        ("http://h.example/a", "http://h.example:443/a", false, false),
+        (
+            "https://h.example/a",
+            "https://h.example:80/a",
+            false,
+            false,
+        ),
+        (
+            "https://h.example:8443/a",
+            "https://h.example:8443/a/b",
+            true,
+            false,
+        ),
+        (
+            "https://h.example:8443/a",
+            "https://h.example/a",
+            false,
+            false,
+        ),
+        (
+            "https://h.example/a",
+            "https://h.example:0443/a",
+            true,
+            true,
+        ),
+        // Scheme: case-insensitive, but http is not https.
+        ("HTTPS://H.Example/a", "https://h.example/a", true, true),
+        ("https://h.example/a", "hTTps://H.EXAMPLE/a", true, true),
+        ("https://h.example/a", "http://h.example/a", false, false),
+        ("http://h.example/", "https://h.example/", false, false),
+        // Path case is significant.
+        (
+            "https://h.example/Acme",
+            "https://h.example/acme",
+            false,
+            false,
+        ),
+        // Trailing slashes and / boundaries.
+        ("https://h.example/a", "https://h.example/a", true, true),
+        ("https://h.example/a", "https://h.example/a/", true, false),
+        ("https://h.example/a", "https://h.example/a/b", true, false),
+        ("https://h.example/a", "https://h.example/ab", false, false),
+        ("https://h.example/a/", "https://h.example/a", true, false),
+        ("https://h.example/a/", "https://h.example/a/", true, true),
+        ("https://h.example/a/", "https://h.example/a/b", true, false),
+        ("https://h.example/a/", "https://h.example/ab", false, false),
+        ("https://h.example/a/b", "https://h.example/a", false, false),
+        (
+            "https://h.example/a/b",
+            "https://h.example/a/bc",
+            false,
+            false,
+        ),
+        ("https://h.example", "https://h.example", true, true),
+        // Percent-encoding: never decoded, hex digits case-insensitive.
+        (
+            "https://h.example/a",
+            "https://h.example/a%2Fb",
+            false,
+            false,
+        ),
+        (
+            "https://h.example/a",
+            "https://h.example/a%2fb",
+            false,
+            false,
+        ),
+        (
+            "https://h.example/a%2Fb",
+            "https://h.example/a%2fb",
+            true,
+            true,
+        ),
+        (
+            "https://h.example/a%2Fb",
+            "https://h.example/a%2Fb/c",
+            true,
+            false,
+        ),
+        (
+            "https://h.example/a%2Fb",
+            "https://h.example/a/b",
+            false,
+            false,
+        ),
+        ("https://h.example/a", "https://h.example/%61", false, false),
+        ("https://h.example/%61", "https://h.example/a", false, false),
+        (
+            "https://h.example/a%20b",
+            "https://h.example/a%20b",
+            true,
+            true,
+        ),
+        // IPv4 and IPv6 hosts.
+        ("https://[::1]/a", "https://[::1]/a/b", true, false),
+        ("https://[::1]/a", "https://[0:0:0:0:0:0:0:1]/a", true, true),
+        (
+            "https://[2001:DB8::1]/",
+            "https://[2001:db8:0::1]:443/x",
+            true,
+            false,
+        ),
+        (
+            "https://[2001:db8::1]/",
+            "https://[2001:db8::2]/x",
+            false,
+            false,
+        ),
+        ("https://[::1]:8443/", "https://[::1]/x", false, false),
+        ("https://[::1]/", "https://[::1]:8443/x", false, false),
+        ("https://127.0.0.1/a", "https://127.0.0.1:443/a", true, true),
+        ("https://127.0.0.1/a", "https://127.0.0.2/a", false, false),
+        (
+            "https://[::ffff:127.0.0.1]/",
+            "https://127.0.0.1/",
+            false,
+            false,
+        ),
+        // Userinfo tricks in the certificate: never a match.
+        (
+            "https://onerecord.example",
+            "https://onerecord.example@evil.com/",
+            false,
+            false,
+        ),
+        (
+            "https://evil.com",
+            "https://onerecord.example@evil.com/",
+            false,
+            false,
+        ),
+        (
+            "https://onerecord.example",
+            "https://user:pw@onerecord.example/",
+            false,
+            false,
+        ),
+        // Query, fragment, dot segments, empty segments, garbage in the certificate.
+        (
+            "https://h.example/a",
+            "https://h.example/a?x=1",
+            false,
+            false,
+        ),
+        ("https://h.example/a", "https://h.example/a#x", false, false),
+        (
+            "https://h.example/a",
+            "https://h.example/a/../b",
+            false,
+            false,
+        ),
+        (
+            "https://h.example/a",
+            "https://h.example/a/%2e%2E/b",
+            false,
+            false,
+        ),
+        (
+            "https://h.example/a",
+            "https://h.example/a/./b",
+            false,
+            false,
+        ),
+        (
+            "https://h.example/a",
+            "https://h.example/a//b",
+            false,
+            false,
+        ),
+        (
+            "https://h.example/a",
+            "https://h.example/a/b c",
+            false,
+            false,
+        ),
+        (
+            "https://h.example/a",
+            "https://h.example/a/%zz",
+            false,
+            false,
+        ),
+        (
+            "https://h.example/a",
+            "https://h.example/a/%4",
+            false,
+            false,
+        ),
+        (
+            "https://h.example",
+            "https://h.example\\@evil.com/",
+            false,
+            false,
+        ),
+        ("https://h.example", "https:h.example/a", false, false),
+        ("https://h.example", "", false, false),
+        ("https://h.example", "h.example/a", false, false),
+        (
+            "https://h.example",
+            "https://h.example:99999/",
+            false,
+            false,
+        ),
+        ("https://h.example", "https://h.example:44a/", false, false),
+        ("https://h.example", "https://[::1/", false, false),
+        ("https://h.example", "https://h.example./", false, false),
+        ("https://h.example", "https://h..example/", false, false),
+        ("https://h.example", "https://h_x.example/", false, false),
+        ("https://h.example", "https://h%2Eexample/", false, false),
+        ("https://h.example", "https://h.ex\u{e4}mple/", false, false),
+        // Other schemes have no default port.
+        (
+            "spiffe://trust.example/ns/a",
+            "spiffe://trust.example/ns/a/sa",
+            true,
+            false,
+        ),
+        (
+            "spiffe://trust.example/ns/a",
+            "spiffe://trust.example:443/ns/a",
+            false,
+            false,
+        ),
+    ];
+
+    fn cert_with_uris(uris: &[&str]) -> CertInfo {
+        CertInfo {
+            subject: String::new(),
+            common_names: Vec::new(),
+            organizations: Vec::new(),
+            organizational_units: Vec::new(),
+            issuer: String::new(),
+            serial: Vec::new(),
+            not_before: Time::from(core::time::Duration::ZERO),
+            not_after: Time::from(core::time::Duration::ZERO),
+            dns_names: Vec::new(),
+            uris: uris.iter().map(|u| u.to_string()).collect(),
+            emails: Vec::new(),
+            ips: Vec::new(),
+            spki_sha256: Sha256([0; 32]),
+            cert_sha256: Sha256([0; 32]),
+        }
+    }
+
+    #[test]
+    fn uri_rules_match_component_by_component_not_by_string_prefix() {
+        for (rule, san, prefix, exact) in URI_TABLE {
+            let cert = cert_with_uris(&[san]);
+            assert_eq!(
+                IdentityRule::UriPrefix(rule.to_string()).matches(&cert),
+                *prefix,
+                "UriPrefix({rule:?}) vs {san:?}"
+            );
+            assert_eq!(
+                IdentityRule::UriExact(rule.to_string()).matches(&cert),
+                *exact,
+                "UriExact({rule:?}) vs {san:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn uri_rule_without_trailing_slash_refuses_a_longer_host() {
+        let rule = IdentityRule::UriPrefix("https://onerecord.example".into());
+        assert!(rule.matches(&cert_with_uris(&[
+            "https://onerecord.example/logistics-agents/acme"
+        ])));
+        assert!(!rule.matches(&cert_with_uris(&["https://onerecord.example.evil.com/x"])));
+        assert!(!rule.matches(&cert_with_uris(&["https://onerecord.example:8443/x"])));
+        // Any of several URI SANs may match.
+        assert!(rule.matches(&cert_with_uris(&[
+            "https://onerecord.example.evil.com/x",
+            "https://onerecord.example/logistics-agents/acme",
+        ])));
+    }
+
+    #[test]
+    fn uri_rule_that_is_not_an_absolute_uri_is_invalid_and_names_the_rule() {
+        for bad in [
+            "onerecord.example",
+            "https://a@onerecord.example/",
+            "https://h.example/?q",
+        ] {
+            let err = IdentityRule::UriPrefix(bad.into()).validate().unwrap_err();
+            assert!(
+                matches!(&err, crate::ConfigError::InvalidIdentityRule { detail } if detail.contains(bad)),
+                "{err}"
+            );
+            assert!(IdentityRule::UriExact(bad.into()).validate().is_err());
+            assert!(!IdentityRule::UriPrefix(bad.into()).matches(&cert_with_uris(&[bad])));
+        }
+        assert!(
+            IdentityRule::UriPrefix("https://onerecord.example".into())
+                .validate()
+                .is_ok()
+        );
+        assert!(IdentityRule::CommonName(String::new()).validate().is_err());
     }
 
     #[test]

@@ -42,11 +42,30 @@ pub fn certificates_from_pem(
 
 /// The first private key in a PEM input: PKCS#8 (`PRIVATE KEY`), SEC1 (`EC PRIVATE KEY`) or
 /// PKCS#1 (`RSA PRIVATE KEY`).
+///
+/// An encrypted key (PKCS#8 `ENCRYPTED PRIVATE KEY`, or a legacy OpenSSL key with a
+/// `Proc-Type: 4,ENCRYPTED` header) is [`ConfigError::EncryptedPrivateKey`], whose message
+/// gives the `openssl` command that decrypts it.
 pub fn private_key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>, ConfigError> {
     match PrivateKeyDer::from_pem_slice(pem) {
         Ok(k) => Ok(k),
-        Err(pem::Error::NoItemsFound) => Err(ConfigError::NoPrivateKey),
-        Err(e) => Err(pem_error("private key", e)),
+        Err(e) => Err(match encrypted_key_format(pem) {
+            Some(format) => ConfigError::EncryptedPrivateKey { format },
+            None if matches!(e, pem::Error::NoItemsFound) => ConfigError::NoPrivateKey,
+            None => pem_error("private key", e),
+        }),
+    }
+}
+
+/// How the first encrypted private key in `pem` is encrypted, if there is one.
+fn encrypted_key_format(pem: &[u8]) -> Option<&'static str> {
+    let has = |needle: &[u8]| pem.windows(needle.len()).any(|w| w == needle);
+    if has(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        Some("PKCS#8 ENCRYPTED PRIVATE KEY")
+    } else if has(b"Proc-Type: 4,ENCRYPTED") {
+        Some("PEM Proc-Type 4,ENCRYPTED")
+    } else {
+        None
     }
 }
 
@@ -220,6 +239,32 @@ mod tests {
             private_key_from_pem(b"").unwrap_err(),
             ConfigError::NoPrivateKey
         );
+    }
+
+    #[test]
+    fn encrypted_private_key_is_refused_with_the_command_that_decrypts_it() {
+        // Shapes of `openssl genpkey ... -aes256` (PKCS#8) and `openssl genrsa -aes256` /
+        // `openssl ec -aes256` (legacy PEM encryption); the bodies are never decrypted.
+        let pkcs8 = b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkq\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        let legacy_rsa = b"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,3F1E5C0A0B0C0D0E0F10111213141516\n\nMIIEpAIBAAKCAQEAx\n-----END RSA PRIVATE KEY-----\n";
+        let legacy_ec = b"-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,3F1E5C0A0B0C0D0E0F10111213141516\n\nMHcCAQEEIA\n-----END EC PRIVATE KEY-----\n";
+        for (pem, format) in [
+            (&pkcs8[..], "PKCS#8 ENCRYPTED PRIVATE KEY"),
+            (&legacy_rsa[..], "PEM Proc-Type 4,ENCRYPTED"),
+            (&legacy_ec[..], "PEM Proc-Type 4,ENCRYPTED"),
+        ] {
+            let err = private_key_from_pem(pem).unwrap_err();
+            assert_eq!(err, ConfigError::EncryptedPrivateKey { format });
+            let msg = err.to_string();
+            assert!(
+                msg.contains("encrypted private keys are not supported"),
+                "{msg}"
+            );
+            assert!(
+                msg.contains("openssl pkey -in key.pem -out key-decrypted.pem"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

@@ -189,7 +189,9 @@ pub enum ClientAuth {
     #[default]
     Disabled,
     /// A certificate is requested; a client without one is accepted (anonymous), a client
-    /// with one must pass verification and the identity rules.
+    /// with one must pass verification. With identity rules
+    /// ([`ServerPolicyBuilder::allow`]) this becomes [`ClientAuth::Required`]: an allow-list
+    /// never admits a client that presents nothing.
     Optional(TrustStore),
     /// mTLS: a client without a valid certificate is refused.
     Required(TrustStore),
@@ -366,7 +368,8 @@ impl ServerPolicyBuilder {
         self
     }
 
-    /// Client authentication (default: disabled).
+    /// Client authentication (default: disabled). [`ClientAuth::Optional`] together with an
+    /// allow rule builds as [`ClientAuth::Required`] (see [`Self::allow`]).
     pub fn client_auth(mut self, auth: ClientAuth) -> Self {
         self.client_auth = auth;
         self
@@ -383,7 +386,15 @@ impl ServerPolicyBuilder {
         self
     }
 
-    /// Add an allow rule for client certificates (needs client authentication).
+    /// Add an allow rule for client certificates (needs client authentication). A client
+    /// whose verified certificate matches no rule is refused with `access_denied`.
+    ///
+    /// Any rule makes a client certificate required: with [`ClientAuth::Optional`] the policy
+    /// is built as [`ClientAuth::Required`] (and [`ServerPolicy::client_auth`] says so), so a
+    /// client without a certificate is refused (`certificate_required` in TLS 1.3,
+    /// `handshake_failure` in TLS 1.2) rather than admitted anonymously. A rule that cannot
+    /// match (see [`IdentityRule::validate`]) fails [`Self::build`] with
+    /// [`ConfigError::InvalidIdentityRule`].
     pub fn allow(mut self, rule: IdentityRule) -> Self {
         self.common.rules.0.push(rule);
         self
@@ -446,7 +457,13 @@ impl ServerPolicyBuilder {
 
     /// Check everything and build the policy. `now` is used to check the own certificate's
     /// validity (expired: error; expiring within the warning window: [`ServerPolicy::warnings`]).
-    pub fn build(self, now: Time) -> Result<ServerPolicy, ConfigError> {
+    pub fn build(mut self, now: Time) -> Result<ServerPolicy, ConfigError> {
+        if let (false, ClientAuth::Optional(trust)) =
+            (self.common.rules.is_empty(), &self.client_auth)
+        {
+            // An allow-list admits only the certificates it lists, never anonymous clients.
+            self.client_auth = ClientAuth::Required(trust.clone());
+        }
         let suites = self.common.enabled_suites()?;
         let (leaf, warnings) = check_own_cert(&self.own.chain, now, self.common.expiry_warning)?;
         if !self.common.rules.is_empty() && matches!(self.client_auth, ClientAuth::Disabled) {
@@ -530,7 +547,8 @@ impl ServerPolicy {
         self.0.builder.tickets.as_ref()
     }
 
-    /// Whether client certificates are requested, and whether they are required.
+    /// Whether client certificates are requested, and whether they are required (a policy
+    /// with allow rules always requires them, even if built with [`ClientAuth::Optional`]).
     pub fn client_auth(&self) -> &ClientAuth {
         &self.0.builder.client_auth
     }

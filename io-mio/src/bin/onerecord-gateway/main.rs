@@ -108,10 +108,13 @@ struct ServerArgs {
     /// Server private key (PEM: PKCS#8, SEC1 or PKCS#1).
     #[arg(long, value_name = "FILE")]
     key: PathBuf,
-    /// CA bundle for client certificates (requests a client certificate).
+    /// CA bundle for client certificates (requests a client certificate). Alone, clients
+    /// without a certificate are still admitted (anonymous; warned at start): add
+    /// --require-client-cert or an --allow-* rule to refuse them.
     #[arg(long, value_name = "FILE")]
     client_ca: Option<PathBuf>,
-    /// Refuse clients without a valid certificate (mTLS). Needs --client-ca.
+    /// Refuse clients without a valid certificate (mTLS). Needs --client-ca. Implied by any
+    /// --allow-* rule.
     #[arg(long, requires = "client_ca")]
     require_client_cert: bool,
     /// CRL file (PEM or DER) checked for client certificates (repeatable).
@@ -120,8 +123,12 @@ struct ServerArgs {
     /// With --crl: accept certificates no CRL covers (default: refuse them).
     #[arg(long)]
     crl_allow_unknown: bool,
-    /// Accept client certificates with a URI SAN starting with PREFIX (repeatable).
-    #[arg(long, value_name = "PREFIX")]
+    /// Accept client certificates with a URI SAN at or under URI (repeatable): same scheme,
+    /// host and port (443/80 implied), path under URI's path at a `/` boundary, so
+    /// https://onerecord.example covers https://onerecord.example/logistics-agents/acme but
+    /// not https://onerecord.example.evil.com/. URI must be absolute, without user@, query or
+    /// fragment. Any --allow-* rule makes a client certificate required.
+    #[arg(long, value_name = "URI")]
     allow_uri: Vec<String>,
     /// Accept client certificates with this subject CN (repeatable).
     #[arg(long, value_name = "NAME")]
@@ -263,14 +270,17 @@ fn server_policy(
         }
         b = b.revocation(r);
     }
+    // Checked here so that a bad rule names its flag.
+    let rule =
+        |flag: &str, r: IdentityRule| r.validate().map(|()| r).map_err(|e| file_err(flag, e));
     for u in &a.allow_uri {
-        b = b.allow(IdentityRule::UriPrefix(u.clone()));
+        b = b.allow(rule("--allow-uri", IdentityRule::UriPrefix(u.clone()))?);
     }
     for cn in &a.allow_cn {
-        b = b.allow(IdentityRule::CommonName(cn.clone()));
+        b = b.allow(rule("--allow-cn", IdentityRule::CommonName(cn.clone()))?);
     }
     for d in &a.allow_dns {
-        b = b.allow(IdentityRule::Dns(d.clone()));
+        b = b.allow(rule("--allow-dns", IdentityRule::Dns(d.clone()))?);
     }
     for h in &a.allow_spki {
         let pin = Sha256::from_hex(h)
@@ -313,6 +323,17 @@ fn resolve(s: &str, flag: &str) -> Result<SocketAddr, ConfigFail> {
         .map_err(|e| ConfigFail(format!("{flag} {s}: {e}")))?
         .next()
         .ok_or_else(|| ConfigFail(format!("{flag} {s}: no address")))
+}
+
+/// Say at start when client authentication is weaker than the flags may read.
+fn warn_anonymous_clients(a: &ServerArgs) {
+    let rules = a.allow_uri.len() + a.allow_cn.len() + a.allow_dns.len() + a.allow_spki.len();
+    if a.client_ca.is_some() && !a.require_client_cert && rules == 0 {
+        warn!(
+            "--client-ca without --require-client-cert or an --allow-* rule: clients without a \
+             certificate are admitted (anonymous); certificates that are presented are verified"
+        );
+    }
 }
 
 fn server_mode(a: &ServerArgs, previous: Option<&ServerPolicy>) -> Result<Mode, ConfigFail> {
@@ -495,6 +516,7 @@ fn main() -> ExitCode {
         Command::Server(a) => {
             let trust = std::sync::Mutex::new(client_trust_inputs(&a));
             server_mode(&a, None).and_then(|mode| {
+                warn_anonymous_clients(&a);
                 let listeners = a
                     .listen
                     .iter()
