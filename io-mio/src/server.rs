@@ -110,11 +110,16 @@ impl Default for Limits {
 pub struct ServerConfig {
     /// Listening addresses.
     pub listeners: Vec<Listener>,
-    /// Worker threads, each with its own `mio::Poll` and its own `SO_REUSEPORT` socket per
-    /// listener. `0` means the number of CPUs.
+    /// Worker threads, each with its own `mio::Poll`. `0` means the number of CPUs.
     pub workers: usize,
     /// Limits and timers.
     pub limits: Limits,
+    /// Let other sockets with `SO_REUSEPORT` (another process of the same user, e.g. the
+    /// next binary during a zero-downtime replacement) bind the same addresses and take a
+    /// share of the connections. `false` (the default to choose): each address is bound
+    /// once, without `SO_REUSEPORT`, and held exclusively; [`start`] fails with
+    /// `AddrInUse` when another socket listens there, and no later process can join.
+    pub reuse_port: bool,
 }
 
 struct Shared {
@@ -211,13 +216,25 @@ fn record_certificates(metrics: &Metrics, index: usize, addrs: &[SocketAddr], mo
     }
 }
 
-/// Bind one socket for `addr` with `SO_REUSEPORT` so several workers can share the port.
-fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// Bind and listen on `addr`; with `reuse_port`, set `SO_REUSEPORT` so that other sockets
+/// (of this process or, deliberately, of another) can bind the same address.
+fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // SO_REUSEADDR only allows binding over connections in TIME_WAIT (a quick restart); on
+    // Unix it never lets two sockets listen on one address.
     socket.set_reuse_address(true)?;
     #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
-    socket.set_reuse_port(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    #[cfg(not(all(unix, not(any(target_os = "solaris", target_os = "illumos")))))]
+    if reuse_port {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "SO_REUSEPORT is not available on this platform",
+        ));
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -225,6 +242,11 @@ fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+/// An error of `addr`'s socket, naming the address.
+fn at(addr: SocketAddr, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{addr}: {e}"))
 }
 
 /// Bind the listeners and start the workers.
@@ -236,16 +258,33 @@ pub fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     };
     // Bind every worker's socket now, so errors (address in use) are reported to the caller
     // and a port 0 resolves to one port shared by all workers.
+    //
+    // By default an address is bound once, without SO_REUSEPORT, and every worker registers
+    // a duplicate of that one socket in its own poll: the port is this process's alone (a
+    // second gateway gets AddrInUse instead of silently taking a share of the traffic, and
+    // Linux lets no later SO_REUSEPORT socket join one bound without it). Each new
+    // connection wakes every worker (edge-triggered, each accepts until WouldBlock); the
+    // losers find nothing to accept, a cost that is small next to a handshake. A probe bind
+    // followed by SO_REUSEPORT sockets would leave a window for another process to join.
+    //
+    // With `reuse_port`, each worker binds its own SO_REUSEPORT socket (the kernel spreads
+    // connections over them) and so can another process: the explicit opt-in for a
+    // zero-downtime binary replacement.
     let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut local_addrs = Vec::new();
     for l in &config.listeners {
-        let first = bind_reuseport(l.addr)?;
+        let first = bind(l.addr, config.reuse_port).map_err(|e| at(l.addr, e))?;
         let actual = first.local_addr()?;
         local_addrs.push(actual);
-        sockets[0].push(first);
         for w in sockets.iter_mut().skip(1) {
-            w.push(bind_reuseport(actual)?);
+            let s = if config.reuse_port {
+                bind(actual, true)
+            } else {
+                first.try_clone()
+            };
+            w.push(s.map_err(|e| at(actual, e))?);
         }
+        sockets[0].push(first);
     }
     let metrics = Metrics::default();
     for (i, l) in config.listeners.iter().enumerate() {

@@ -70,6 +70,12 @@ struct Common {
     /// Reload certificates, anchors, CRLs and ticket keys every this many seconds.
     #[arg(long, value_name = "SECS")]
     reload_interval: Option<f64>,
+    /// Share the listen addresses with other processes that also set this (SO_REUSEPORT),
+    /// for a zero-downtime binary replacement: start the new gateway with --reuse-port next
+    /// to the old one (also started with it), then stop the old one with SIGTERM. Without
+    /// it an address in use is an error (exit 2) and no other process can join ours.
+    #[arg(long)]
+    reuse_port: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -382,16 +388,28 @@ fn run(
         }
         Err(e) => warn!("cannot raise the open-files limit: {e}"),
     }
-    let addrs: Vec<String> = listeners.iter().map(|l| l.addr.to_string()).collect();
     let handle = onerecord_tls_mio::start(ServerConfig {
         listeners,
         workers: common.workers,
         limits: limits(common)?,
+        reuse_port: common.reuse_port,
     })
-    .map_err(|e| ConfigFail(format!("--listen {}: {e}", addrs.join(", "))))?;
+    .map_err(|e| ConfigFail(format!("--listen {e}")))?;
     let handle = Arc::new(handle);
     for a in handle.local_addrs() {
         info!("listening on {a}");
+    }
+    if common.reuse_port {
+        warn!(
+            "--reuse-port: other processes of this user that also set SO_REUSEPORT can bind {} \
+             and take a share of the connections (meant for a zero-downtime replacement)",
+            handle
+                .local_addrs()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     if let Some(m) = common.metrics {
         metrics_http::serve(m, handle.metrics().clone())
@@ -531,6 +549,7 @@ fn dev_server_args(dir: &Path, d: &DevArgs) -> ServerArgs {
             drain_timeout: 10.0,
             tls13_only: false,
             reload_interval: None,
+            reuse_port: false,
         },
     }
 }
