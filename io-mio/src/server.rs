@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use onerecord_tls::{ClientPolicy, Event, Reason, ServerPolicies, Session, Time};
+use onerecord_tls::{
+    CertInfo, ClientPolicy, Error, Event, PeerIdentity, Reason, ServerPolicies, Session, Time,
+};
 
 use crate::metrics::{Counters, Metrics};
 use crate::service::{Handler, Peer, Reply, Service};
@@ -478,6 +480,46 @@ struct Conn {
     /// (or the linger deadline), so that closing never resets the connection under an alert
     /// the peer has not read yet (a close with unread input sends a TCP RST).
     lingering: Option<usize>,
+    /// When the connection was accepted (audit: its duration at close).
+    opened: Instant,
+    /// The access line was logged: a close line follows at removal.
+    audited: bool,
+    /// Why the connection ended, as first known (audit; see [`End`]).
+    end: Option<End>,
+}
+
+/// Why an accepted connection ended, for its close line in `onerecord::access`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum End {
+    /// The peer sent `close_notify` first.
+    PeerCloseNotify,
+    /// The transport ended without the peer's `close_notify`.
+    PeerEof,
+    /// Our side finished first: the upstream, the local client or the application ended
+    /// the stream, and `close_notify` went out.
+    Closed,
+    /// No traffic for the idle timeout.
+    IdleTimeout,
+    /// Graceful shutdown closed it.
+    Drain,
+    /// Graceful shutdown: still open at the drain timeout, cut.
+    DrainTimeout,
+    /// A TLS or I/O error ended it (the detail is logged as `error`).
+    Error(String),
+}
+
+impl End {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::PeerCloseNotify => "peer_close_notify",
+            Self::PeerEof => "peer_eof",
+            Self::Closed => "closed",
+            Self::IdleTimeout => "idle_timeout",
+            Self::Drain => "drain",
+            Self::DrainTimeout => "drain_timeout",
+            Self::Error(_) => "error",
+        }
+    }
 }
 
 /// What a timer firing means for a connection.
@@ -646,6 +688,9 @@ impl Worker {
             && now >= d
         {
             for key in self.conns.keys() {
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.end.get_or_insert(End::DrainTimeout);
+                }
                 self.remove(key);
             }
         }
@@ -660,6 +705,9 @@ impl Worker {
         }
         for key in self.conns.keys() {
             if let Some(c) = self.conns.get_mut(key) {
+                if c.session.is_established() {
+                    c.end.get_or_insert(End::Drain);
+                }
                 if c.session.is_established()
                     && c.plain.is_some()
                     && matches!(c.mode, Mode::Terminate { .. })
@@ -793,6 +841,9 @@ impl Worker {
                 queued: false,
                 counted_failure: false,
                 lingering: None,
+                opened: now,
+                audited: false,
+                end: None,
             })
             .ok_or_else(|| io::Error::other("connection table full"))?;
         let Some(c) = self.conns.get_mut(key) else {
@@ -819,6 +870,7 @@ impl Worker {
         let Some(mut c) = self.conns.remove(key) else {
             return;
         };
+        log_close(&c);
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut c.tls.stream);
         if let Some(p) = c.plain.as_mut() {
@@ -972,6 +1024,7 @@ fn drive(
             }
         } else if c.session.is_established() && now >= c.last_activity + limits.idle_timeout {
             counters.idle_timeouts += 1;
+            c.end.get_or_insert(End::IdleTimeout);
             debug!("closing idle connection from {}", c.remote);
             c.close_after_flush = true;
         }
@@ -987,7 +1040,13 @@ fn drive(
     if !c.tls.connected && (c.tls.writable || c.tls.readable) {
         if let Err(e) = c.tls.check_connected() {
             counters.upstream_errors += 1;
-            warn!("cannot reach TLS server for {}: {e}", c.remote);
+            match &c.mode {
+                Mode::Originate { connect, .. } => warn!(
+                    target: "onerecord::partner",
+                    "cannot reach partner {connect} for {}: {e}", c.remote
+                ),
+                Mode::Terminate { .. } => warn!("cannot reach TLS server for {}: {e}", c.remote),
+            }
             return Done::Remove;
         }
     }
@@ -1062,6 +1121,7 @@ fn drive(
                 }
             }
             if c.to_tls.is_empty() && c.close_after_flush {
+                c.end.get_or_insert(End::Closed);
                 c.session.close();
                 let _ = c.session.process(wall, |_| {});
                 progress = true;
@@ -1097,6 +1157,7 @@ fn drive(
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     debug!("write to {} failed: {e}", c.remote);
+                    c.end.get_or_insert(End::Error(format!("write: {e}")));
                     return Done::Remove;
                 }
             }
@@ -1247,6 +1308,14 @@ fn note_failure(c: &mut Conn, counters: &mut Counters) {
         return;
     };
     c.counted_failure = true;
+    c.end.get_or_insert_with(|| match err.reason() {
+        Reason::UnexpectedEof => End::PeerEof,
+        _ => End::Error(err.to_string()),
+    });
+    if let Mode::Originate { connect, .. } = &c.mode {
+        partner_failed(*connect, c.remote, c.session.server_name(), err);
+        return;
+    }
     if c.session.is_established() {
         debug!("connection from {} ended: {err}", c.remote);
         return;
@@ -1287,6 +1356,8 @@ fn process(c: &mut Conn, wall: Time, counters: &mut Counters, new_plain: &mut Op
         local,
         close_after_flush,
         listener,
+        audited,
+        end,
         ..
     } = c;
     let mut reply = Reply::default();
@@ -1294,6 +1365,8 @@ fn process(c: &mut Conn, wall: Time, counters: &mut Counters, new_plain: &mut Op
     let res = session.process(wall, |ev| match ev {
         Event::Established(id) => {
             counters.handshake(id.version, id.resumed());
+            log_access(mode, *remote, *local, id);
+            *audited = true;
             match mode {
                 Mode::Terminate { backend, .. } => match backend {
                     Backend::Service(service) => {
@@ -1338,7 +1411,10 @@ fn process(c: &mut Conn, wall: Time, counters: &mut Counters, new_plain: &mut Op
             App::Plain | App::Waiting => to_plain.extend(d),
             App::Refused => {}
         },
-        Event::PeerClosed => peer_closed = true,
+        Event::PeerClosed => {
+            peer_closed = true;
+            end.get_or_insert(End::PeerCloseNotify);
+        }
         Event::Closed => {}
     });
     if peer_closed {
@@ -1372,4 +1448,87 @@ fn closes_with_peer(mode: &Mode) -> bool {
             ..
         } | Mode::Originate { .. }
     )
+}
+
+/// `"-"` for a field with no value in the audit lines.
+fn or_dash(s: Option<&str>) -> &str {
+    s.unwrap_or("-")
+}
+
+/// The access line of an established connection (`onerecord::access`, INFO): who connected
+/// and how. Server side: the client's address and certificate; client mode: the partner's.
+fn log_access(mode: &Mode, remote: SocketAddr, local: SocketAddr, id: &PeerIdentity) {
+    let leaf = id.leaf.as_ref();
+    let cn = or_dash(id.common_name());
+    let uri = or_dash(id.uris().first().map(String::as_str));
+    let serial = leaf.map_or_else(|| "-".to_string(), CertInfo::serial_hex);
+    let spki = leaf.map_or_else(|| "-".to_string(), |l| l.spki_sha256.to_string());
+    let sni = or_dash(id.server_name.as_deref());
+    match mode {
+        Mode::Terminate { .. } => info!(
+            target: "onerecord::access",
+            remote:% = remote, local:% = local, sni = sni, version:% = id.version,
+            resumed = id.resumed(), cn = cn, uri = uri, serial = serial.as_str(),
+            spki = spki.as_str();
+            "accepted"
+        ),
+        Mode::Originate { connect, .. } => info!(
+            target: "onerecord::access",
+            partner:% = connect, client:% = remote, sni = sni, version:% = id.version,
+            resumed = id.resumed(), cn = cn, uri = uri, serial = serial.as_str(),
+            spki = spki.as_str();
+            "connected"
+        ),
+    }
+}
+
+/// The close line of a connection whose access line was logged: how long it lasted, the
+/// application bytes each way and why it ended.
+fn log_close(c: &Conn) {
+    if !c.audited {
+        return;
+    }
+    let end = c.end.clone().unwrap_or_else(|| {
+        if let Some(e) = c.session.error() {
+            End::Error(e.to_string())
+        } else if c.session.peer_closed() {
+            End::PeerCloseNotify
+        } else if c.tls.eof {
+            End::PeerEof
+        } else {
+            End::Closed
+        }
+    });
+    let error = match &end {
+        End::Error(e) => e.as_str(),
+        _ => "-",
+    };
+    let stats = c.session.stats();
+    let peer = match &c.mode {
+        Mode::Terminate { .. } => c.remote,
+        Mode::Originate { connect, .. } => *connect,
+    };
+    let cn = or_dash(c.session.peer_identity().and_then(|id| id.common_name()));
+    info!(
+        target: "onerecord::access",
+        remote:% = peer, cn = cn, duration_ms = c.opened.elapsed().as_millis() as u64,
+        bytes_in = stats.app_bytes_received, bytes_out = stats.app_bytes_sent,
+        end = end.label(), error = error;
+        "closed"
+    );
+}
+
+/// In client mode a failed TLS connection to the partner is the operator's business: the
+/// partner refused our certificate, its certificate failed verification or its identity
+/// check, or it broke the protocol. A WARN naming the partner (`onerecord::partner`).
+fn partner_failed(partner: SocketAddr, client: SocketAddr, sni: Option<&str>, err: &Error) {
+    let alert = err
+        .alert_sent()
+        .map_or_else(|| "none".to_string(), |a| a.to_string());
+    warn!(
+        target: "onerecord::partner",
+        partner:% = partner, sni = or_dash(sni), client:% = client, reason:? = err.reason(),
+        failure = err.failure().label(), alert_sent = alert.as_str(), error:% = err;
+        "TLS connection to partner {partner} failed"
+    );
 }

@@ -129,3 +129,88 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// `openssl s_server`, killed on drop.
+pub struct SServer(pub Child);
+
+impl Drop for SServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `openssl s_server -www` on a free loopback port; if another process takes the port
+/// between probing and binding, try again on another (bounded).
+pub fn s_server(args: &[&str]) -> (SServer, u16) {
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let mut server = SServer(
+            Command::new("openssl")
+                .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
+                .args(["-naccept", "100", "-www"])
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("openssl s_server"),
+        );
+        for _ in 0..200 {
+            if let Ok(Some(_)) = server.0.try_wait() {
+                break;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (server, port);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = server.0.kill();
+    }
+    panic!("openssl s_server did not start");
+}
+
+/// Send `request` through a local plain-TCP port and read the answer until EOF (bounded).
+pub fn through(addr: SocketAddr, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .expect("connect to the local port");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let _ = s.write_all(request);
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16384];
+    while start.elapsed() < Duration::from_secs(10) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Run `openssl` with `args` (bounded); its stdout, panicking on failure.
+pub fn openssl(args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg("openssl")
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

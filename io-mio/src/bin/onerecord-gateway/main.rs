@@ -10,6 +10,7 @@
 //! and ticket keys. Exit codes: 0 clean, 1 runtime failure, 2 bad configuration.
 
 mod dev;
+mod logging;
 mod metrics_http;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -30,8 +31,18 @@ use onerecord_tls_mio::{Backend, IdentityResponder, Limits, Listener, Mode, Serv
 #[derive(Parser, Debug)]
 #[command(name = "onerecord-gateway", version, about)]
 struct Cli {
+    /// Log line format on stderr: `text` (human-readable, `key=value` fields) or `json`
+    /// (one object per line: timestamp, level, target, message and the fields).
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -468,10 +479,8 @@ fn run(
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
     let cli = Cli::parse();
+    logging::init(cli.log_format == LogFormat::Json);
     let result = match cli.command {
         Command::Server(a) => {
             let trust = std::sync::Mutex::new(client_trust_inputs(&a));
@@ -515,8 +524,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(ConfigFail(e)) => {
-            error!("{e}");
-            eprintln!("onerecord-gateway: {e}");
+            // Once: as a log line (text or JSON, like every other line), or on stderr when
+            // RUST_LOG silences errors.
+            if log::log_enabled!(log::Level::Error) {
+                error!("{e}");
+            } else {
+                eprintln!("onerecord-gateway: {e}");
+            }
             ExitCode::from(2)
         }
     }
