@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use cli_support::{Proc, openssl, run_to_exit, s_server, through};
+use cli_support::{Proc, run_to_exit, s_server, serial_and_spki, through};
 use common::{Gateway, Pki, URI_PREFIX, s_client, text};
 use serde_json::Value;
 
@@ -44,29 +44,6 @@ fn get_with_cert(pki: &Pki, addr: std::net::SocketAddr, name: &str) -> String {
         &["-CAfile", &ca, "-cert", &cert, "-key", &key],
         GET10,
     ))
-}
-
-/// Serial (lowercase hex) and SPKI SHA-256 (hex) of a PEM certificate, computed by openssl.
-fn serial_and_spki(pem_file: &str) -> (String, String) {
-    let serial = openssl(&["x509", "-in", pem_file, "-noout", "-serial"]);
-    let serial = serial
-        .trim()
-        .trim_start_matches("serial=")
-        .trim_start_matches('0')
-        .to_ascii_lowercase();
-    let pubkey = openssl(&["x509", "-in", pem_file, "-noout", "-pubkey"]);
-    let dir = tempfile::tempdir().unwrap();
-    let pk = dir.path().join("pub.pem");
-    std::fs::write(&pk, pubkey).unwrap();
-    let der = dir.path().join("pub.der");
-    let pk_s = pk.display().to_string();
-    let der_s = der.display().to_string();
-    openssl(&[
-        "pkey", "-pubin", "-in", &pk_s, "-outform", "DER", "-out", &der_s,
-    ]);
-    let digest = openssl(&["dgst", "-sha256", "-r", &der_s]);
-    let spki = digest.split_whitespace().next().unwrap().to_string();
-    (serial, spki)
 }
 
 /// The value of `key=` in a text log line (unquoted or quoted).

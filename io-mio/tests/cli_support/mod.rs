@@ -214,3 +214,26 @@ pub fn openssl(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Serial (lowercase hex) and SPKI SHA-256 (hex) of a PEM certificate, computed by openssl.
+pub fn serial_and_spki(pem_file: &str) -> (String, String) {
+    let serial = openssl(&["x509", "-in", pem_file, "-noout", "-serial"]);
+    let serial = serial
+        .trim()
+        .trim_start_matches("serial=")
+        .trim_start_matches('0')
+        .to_ascii_lowercase();
+    let pubkey = openssl(&["x509", "-in", pem_file, "-noout", "-pubkey"]);
+    let dir = tempfile::tempdir().unwrap();
+    let pk = dir.path().join("pub.pem");
+    std::fs::write(&pk, pubkey).unwrap();
+    let der = dir.path().join("pub.der");
+    let pk_s = pk.display().to_string();
+    let der_s = der.display().to_string();
+    openssl(&[
+        "pkey", "-pubin", "-in", &pk_s, "-outform", "DER", "-out", &der_s,
+    ]);
+    let digest = openssl(&["dgst", "-sha256", "-r", &der_s]);
+    let spki = digest.split_whitespace().next().unwrap().to_string();
+    (serial, spki)
+}

@@ -1,13 +1,13 @@
 //! `onerecord-gateway`: a TLS/mTLS terminating proxy with ONE Record defaults.
 //!
-//! - `server`: terminate TLS (mTLS with `--client-ca --require-client-cert`), forward the
+//! - `server`: terminate TLS (mTLS with `--ca --require-client-cert`), forward the
 //!   plaintext to `--upstream` (optionally with a PROXY protocol v2 header carrying the
 //!   verified identity), or answer HTTP requests with a JSON description of the peer.
 //! - `client`: accept plain TCP locally and forward it over TLS/mTLS to a ONE Record server.
 //! - `dev`: make a throwaway PKI and run the server on 127.0.0.1:8443 with mTLS required.
 //!
 //! Signals: SIGINT/SIGTERM shut down gracefully, SIGHUP reloads certificates, anchors, CRLs
-//! and ticket keys. Exit codes: 0 clean, 1 runtime failure, 2 bad configuration.
+//! and ticket keys. Exit codes: 0 clean stop, 2 bad configuration (see [`AFTER_HELP`]).
 
 mod dev;
 mod logging;
@@ -27,9 +27,39 @@ use onerecord_tls::{
 };
 use onerecord_tls_mio::{Backend, IdentityResponder, Limits, Listener, Mode, ServerConfig};
 
-/// TLS/mTLS terminating gateway for ONE Record servers and clients.
+/// What `--help` says after the options: signals, logging, exit codes, the PROXY header.
+const AFTER_HELP: &str = "\
+Signals:
+  SIGHUP           reload certificate, key, CA bundle, CRLs and ticket keys; open connections
+                   keep their policy, and a file that does not load keeps the current policy
+                   (logged as ERROR)
+  SIGINT, SIGTERM  stop accepting, let open connections finish (--drain-timeout), exit 0
+
+Logging (stderr):
+  RUST_LOG         level filter in env_logger syntax, default `info`; for example
+                   RUST_LOG=warn,onerecord::access=info
+  --log-format     `text` (default): `[time LEVEL target] message key=value...`;
+                   `json`: one object per line (timestamp, level, target, message, fields)
+  Targets: onerecord::access (an `accepted` and a `closed` line per connection: remote, SNI,
+  version, resumed, certificate CN, URI, serial, SPKI SHA-256; duration, bytes, why it ended),
+  onerecord::refused (one line per refused connection: reason and alert),
+  onerecord::partner (client mode: a partner that refused us or failed verification, WARN).
+
+Exit codes:
+  0  stopped by SIGINT or SIGTERM
+  2  bad configuration: the message names the flag and the file, or the address in use
+
+PROXY protocol v2 (server --upstream ADDR --proxy-protocol):
+  Before the first byte of the stream the upstream gets the client's address and port and the
+  verified identity: PP2_TYPE_SSL (verify result, TLS version, certificate CN, cipher),
+  PP2_TYPE_AUTHORITY (SNI), PP2_TYPE_ALPN, one TLV 0xE0 per URI SAN of the client certificate
+  (ONE Record IDs) and TLV 0xE1 with its SPKI SHA-256 (32 bytes).";
+
+/// Put TLS and mutual TLS with the ONE Record defaults in front of a ONE Record server
+/// (`server`), or carry your systems' plain connections to a partner's ONE Record server over
+/// mTLS (`client`); `dev` runs a local mTLS server with a throwaway PKI to try it out.
 #[derive(Parser, Debug)]
-#[command(name = "onerecord-gateway", version, about)]
+#[command(name = "onerecord-gateway", version, after_help = AFTER_HELP)]
 struct Cli {
     /// Log line format on stderr: `text` (human-readable, `key=value` fields) or `json`
     /// (one object per line: timestamp, level, target, message and the fields).
@@ -48,18 +78,21 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Terminate TLS/mTLS and forward to an upstream, or answer with the peer's identity.
+    #[command(after_help = AFTER_HELP)]
     Server(ServerArgs),
     /// Accept plain TCP locally and forward it over TLS/mTLS to a ONE Record server.
+    #[command(after_help = AFTER_HELP)]
     Client(ClientArgs),
     /// Generate a development PKI and run the server with mTLS on 127.0.0.1:8443.
+    #[command(after_help = AFTER_HELP)]
     Dev(DevArgs),
 }
 
 #[derive(Args, Debug, Clone)]
 struct Common {
-    /// Worker threads (default: number of CPUs).
-    #[arg(long, default_value_t = 0)]
-    workers: usize,
+    /// Worker threads [default: the number of CPUs].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -100,10 +133,10 @@ struct ServerArgs {
     /// Server private key (PEM: PKCS#8, SEC1 or PKCS#1).
     #[arg(long, value_name = "FILE")]
     key: PathBuf,
-    /// CA bundle for client certificates (requests a client certificate).
-    #[arg(long, value_name = "FILE")]
+    /// CA bundle that client certificates must chain to (requests a client certificate).
+    #[arg(long = "ca", visible_alias = "client-ca", value_name = "FILE")]
     client_ca: Option<PathBuf>,
-    /// Refuse clients without a valid certificate (mTLS). Needs --client-ca.
+    /// Refuse clients without a valid certificate (mTLS). Needs --ca.
     #[arg(long, requires = "client_ca")]
     require_client_cert: bool,
     /// CRL file (PEM or DER) checked for client certificates (repeatable).
@@ -130,7 +163,8 @@ struct ServerArgs {
     /// Forward decrypted streams to this TCP address (default: answer with the identity).
     #[arg(long, value_name = "ADDR")]
     upstream: Option<String>,
-    /// Send a PROXY protocol v2 header with the client address and identity first.
+    /// Send a PROXY protocol v2 header first: the client address and the verified identity
+    /// (CN, URI SANs, SPKI SHA-256, TLS version, SNI; see below).
     #[arg(long, requires = "upstream")]
     proxy_protocol: bool,
     /// Session-ticket keys shared by a fleet (base64 lines of 48 bytes, first encrypts).
@@ -151,7 +185,7 @@ struct ClientArgs {
     /// Name to send as SNI and verify (default: HOST of --connect).
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
-    /// CA bundle to verify the server.
+    /// CA bundle that the partner's server certificate must chain to.
     #[arg(long, value_name = "FILE")]
     ca: PathBuf,
     /// Client certificate chain (mTLS).
@@ -166,24 +200,45 @@ struct ClientArgs {
     /// ALPN protocols to offer.
     #[arg(long, value_name = "PROTO")]
     alpn: Vec<String>,
+    /// Accept the partner only with a URI SAN under this URI (repeatable; same matching as
+    /// the server's --allow-uri). With any --verify-* flag the partner's certificate must
+    /// match one of them, beyond chaining to --ca and matching --server-name.
+    #[arg(long, value_name = "URI")]
+    verify_uri: Vec<String>,
+    /// Accept the partner only with this subject CN (repeatable).
+    #[arg(long, value_name = "NAME")]
+    verify_cn: Vec<String>,
+    /// Accept the partner only with this DNS SAN (repeatable).
+    #[arg(long, value_name = "NAME")]
+    verify_dns: Vec<String>,
+    /// Accept the partner only with this key: SPKI SHA-256 in hex (repeatable).
+    #[arg(long, value_name = "HEX")]
+    verify_spki: Vec<String>,
     #[command(flatten)]
     common: Common,
 }
 
 #[derive(Args, Debug, Clone)]
 struct DevArgs {
-    /// Directory for the generated PKI (created if missing; existing files are reused).
-    #[arg(long, value_name = "DIR", default_value = "onerecord-dev")]
-    dir: PathBuf,
+    /// Directory for the generated PKI (created if missing, owner-only; existing files are
+    /// reused) [default: $XDG_STATE_HOME/onerecord-gateway/dev, or
+    /// ~/.local/state/onerecord-gateway/dev; outside any working tree].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Issue one more partner (client) certificate NAME.pem / NAME.key from the development
+    /// CA in the PKI directory (CN NAME, URI SAN https://localhost:8443/logistics-agents/NAME),
+    /// print the curl command that uses it, and exit.
+    #[arg(long, value_name = "NAME")]
+    issue_client: Option<String>,
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
     listen: SocketAddr,
     /// Serve Prometheus metrics on this address.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// Worker threads (default: number of CPUs).
-    #[arg(long, default_value_t = 0)]
-    workers: usize,
+    /// Worker threads [default: the number of CPUs].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
 }
 
 /// A configuration error: exit code 2, message names the file and the problem.
@@ -241,7 +296,7 @@ fn server_policy(
         b = b.resumption_from(prev);
     }
     if let Some(ca) = &a.client_ca {
-        let trust = TrustStore::from_pem_file(ca).map_err(|e| file_err("--client-ca", e))?;
+        let trust = TrustStore::from_pem_file(ca).map_err(|e| file_err("--ca", e))?;
         b = b.client_auth(if a.require_client_cert {
             ClientAuth::Required(trust)
         } else {
@@ -346,6 +401,20 @@ fn client_mode(a: &ClientArgs) -> Result<Mode, ConfigFail> {
     if !a.alpn.is_empty() {
         b = b.alpn(&a.alpn);
     }
+    for u in &a.verify_uri {
+        b = b.allow(IdentityRule::UriPrefix(u.clone()));
+    }
+    for cn in &a.verify_cn {
+        b = b.allow(IdentityRule::CommonName(cn.clone()));
+    }
+    for d in &a.verify_dns {
+        b = b.allow(IdentityRule::Dns(d.clone()));
+    }
+    for h in &a.verify_spki {
+        let pin = Sha256::from_hex(h)
+            .ok_or_else(|| ConfigFail(format!("--verify-spki: {h:?} is not 64 hex digits")))?;
+        b = b.allow(IdentityRule::SpkiSha256(pin));
+    }
     let policy = b
         .build(now)
         .map_err(|e| cert_key_err(a.cert.as_deref(), a.key.as_deref(), e))?;
@@ -401,7 +470,7 @@ fn run(
     }
     let handle = onerecord_tls_mio::start(ServerConfig {
         listeners,
-        workers: common.workers,
+        workers: common.workers.unwrap_or(0),
         limits: limits(common)?,
         reuse_port: common.reuse_port,
     })
