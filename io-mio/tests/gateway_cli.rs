@@ -203,7 +203,10 @@ fn client_mode_verify_spki_that_is_not_hex_exits_2() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("--verify-spki"), "{stderr}");
+    assert!(
+        stderr.contains("--verify-spki") && stderr.contains("not 64 hex digits"),
+        "{stderr}"
+    );
 }
 
 #[test]
