@@ -351,3 +351,56 @@ fn client_mode_warns_naming_a_partner_whose_certificate_fails_verification() {
     let line = partner_warning(&gw, &partner);
     assert!(line.contains("UnknownIssuer"), "{line}");
 }
+
+#[test]
+fn peer_close_notify_and_sigterm_drain_are_the_reasons_on_the_close_lines() {
+    let pki = Pki::new();
+    let args = mtls_args(&pki, &[]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut gw = Gateway::start("server", &refs);
+    let (ca, cert, key) = (
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key"),
+    );
+    let openssl_client = |keep_open: u32| {
+        let addr = gw.addr;
+        let (ca, cert, key) = (ca.clone(), cert.clone(), key.clone());
+        // Without -ign_eof s_client sends close_notify when its input ends.
+        std::thread::spawn(move || {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "(printf 'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'; sleep {keep_open}) | \
+                     timeout 10 openssl s_client -connect {addr} -CAfile {ca} -cert {cert} \
+                     -key {key}"
+                ))
+                .output()
+        })
+    };
+    let _ = openssl_client(0).join();
+    gw.wait_for_log("onerecord::access] closed", Duration::from_secs(10));
+    let log = gw.log();
+    let closed = log
+        .lines()
+        .find(|l| l.contains("onerecord::access] closed"))
+        .unwrap();
+    assert_eq!(field(closed, "end"), Some("peer_close_notify"), "{closed}");
+
+    let client = openssl_client(5);
+    let start = std::time::Instant::now();
+    while gw.log().matches("onerecord::access] accepted").count() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(15)), Some(0));
+    let log = gw.log();
+    let last = log
+        .lines()
+        .filter(|l| l.contains("onerecord::access] closed"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(field(last, "end"), Some("drain"), "{last}");
+    let _ = client.join();
+}
