@@ -118,8 +118,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Let other sockets with `SO_REUSEPORT` (another process of the same user, e.g. the
     /// next binary during a zero-downtime replacement) bind the same addresses and take a
-    /// share of the connections. `false` (the default to choose): each address is bound
-    /// once, without `SO_REUSEPORT`, and held exclusively; [`start`] fails with
+    /// share of the connections. With `false` (the safe choice) each address is bound
+    /// once, without `SO_REUSEPORT`, and held exclusively: [`start`] fails with
     /// `AddrInUse` when another socket listens there, and no later process can join.
     pub reuse_port: bool,
 }
@@ -264,9 +264,9 @@ pub fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     // By default an address is bound once, without SO_REUSEPORT, and every worker registers
     // a duplicate of that one socket in its own poll: the port is this process's alone (a
     // second gateway gets AddrInUse instead of silently taking a share of the traffic, and
-    // Linux lets no later SO_REUSEPORT socket join one bound without it). Each new
-    // connection wakes every worker (edge-triggered, each accepts until WouldBlock); the
-    // losers find nothing to accept, a cost that is small next to a handshake. A probe bind
+    // Linux lets no later SO_REUSEPORT socket join one bound without it). A new connection
+    // can wake every idle worker (edge-triggered, each accepts until WouldBlock); the losers
+    // find nothing to accept, a cost that is small next to a handshake. A probe bind
     // followed by SO_REUSEPORT sockets would leave a window for another process to join.
     //
     // With `reuse_port`, each worker binds its own SO_REUSEPORT socket (the kernel spreads
