@@ -185,6 +185,7 @@ fn loadgen_drives_the_gateway_in_every_mode_without_failures() {
         }],
         workers: 1,
         limits: Limits::default(),
+        reuse_port: false,
     })
     .expect("start gateway");
     let addr = server.local_addrs()[0];

@@ -85,6 +85,7 @@ fn async_stream_mtls_to_io_mio_server() {
         }],
         workers: 1,
         limits: Limits::default(),
+        reuse_port: false,
     })
     .expect("io-mio server");
     let policy = pki.client_policy(Versions::Tls13AndTls12);

@@ -152,6 +152,7 @@ fn mio_server(pki: &Pki, backend: Backend) -> ServerHandle {
         }],
         workers: 1,
         limits: Limits::default(),
+        reuse_port: false,
     })
     .expect("io-mio server")
 }

@@ -24,6 +24,7 @@
 //!     }],
 //!     workers: 0,
 //!     limits: Limits::default(),
+//!     reuse_port: false,
 //! })?;
 //! println!("listening on {:?}", server.local_addrs());
 //! server.join();
@@ -32,9 +33,10 @@
 //!
 //! # How a connection is driven
 //!
-//! Every worker owns a `mio::Poll`, one `SO_REUSEPORT` socket per listener (the kernel spreads
-//! new connections over the workers) and a slab of connections whose tokens carry a
-//! generation. Sockets are registered once for read and write readiness (mio is
+//! Every worker owns a `mio::Poll`, a handle on each listening socket (one socket per address,
+//! held exclusively; with [`ServerConfig::reuse_port`], one `SO_REUSEPORT` socket per worker,
+//! the kernel spreading new connections over them) and a slab of connections whose tokens
+//! carry a generation. Sockets are registered once for read and write readiness (mio is
 //! edge-triggered): the adapter remembers readiness, reads and writes until `WouldBlock`, and
 //! stops reading a side whose output is backed up (backpressure) without re-registering.
 //! Each wakeup runs the core session's drain order: read, `process`, route events, send, write.

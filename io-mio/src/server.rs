@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use onerecord_tls::{ClientPolicy, Event, Reason, ServerPolicies, Session, Time};
+use onerecord_tls::{
+    CertInfo, ClientPolicy, Error, Event, PeerIdentity, Reason, ServerPolicies, Session, Time,
+};
 
 use crate::metrics::{Counters, Metrics};
 use crate::service::{Handler, Peer, Reply, Service};
@@ -110,11 +112,16 @@ impl Default for Limits {
 pub struct ServerConfig {
     /// Listening addresses.
     pub listeners: Vec<Listener>,
-    /// Worker threads, each with its own `mio::Poll` and its own `SO_REUSEPORT` socket per
-    /// listener. `0` means the number of CPUs.
+    /// Worker threads, each with its own `mio::Poll`. `0` means the number of CPUs.
     pub workers: usize,
     /// Limits and timers.
     pub limits: Limits,
+    /// Let other sockets with `SO_REUSEPORT` (another process of the same user, e.g. the
+    /// next binary during a zero-downtime replacement) bind the same addresses and take a
+    /// share of the connections. With `false` (the safe choice) each address is bound
+    /// once, without `SO_REUSEPORT`, and held exclusively: [`start`] fails with
+    /// `AddrInUse` when another socket listens there, and no later process can join.
+    pub reuse_port: bool,
 }
 
 struct Shared {
@@ -211,13 +218,25 @@ fn record_certificates(metrics: &Metrics, index: usize, addrs: &[SocketAddr], mo
     }
 }
 
-/// Bind one socket for `addr` with `SO_REUSEPORT` so several workers can share the port.
-fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// Bind and listen on `addr`; with `reuse_port`, set `SO_REUSEPORT` so that other sockets
+/// (of this process or, deliberately, of another) can bind the same address.
+fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // SO_REUSEADDR only allows binding over connections in TIME_WAIT (a quick restart); on
+    // Unix it never lets two sockets listen on one address.
     socket.set_reuse_address(true)?;
     #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
-    socket.set_reuse_port(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    #[cfg(not(all(unix, not(any(target_os = "solaris", target_os = "illumos")))))]
+    if reuse_port {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "SO_REUSEPORT is not available on this platform",
+        ));
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -225,6 +244,11 @@ fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+/// An error of `addr`'s socket, naming the address.
+fn at(addr: SocketAddr, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{addr}: {e}"))
 }
 
 /// Bind the listeners and start the workers.
@@ -236,16 +260,33 @@ pub fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     };
     // Bind every worker's socket now, so errors (address in use) are reported to the caller
     // and a port 0 resolves to one port shared by all workers.
+    //
+    // By default an address is bound once, without SO_REUSEPORT, and every worker registers
+    // a duplicate of that one socket in its own poll: the port is this process's alone (a
+    // second gateway gets AddrInUse instead of silently taking a share of the traffic, and
+    // Linux lets no later SO_REUSEPORT socket join one bound without it). A new connection
+    // can wake every idle worker (edge-triggered, each accepts until WouldBlock); the losers
+    // find nothing to accept, a cost that is small next to a handshake. A probe bind
+    // followed by SO_REUSEPORT sockets would leave a window for another process to join.
+    //
+    // With `reuse_port`, each worker binds its own SO_REUSEPORT socket (the kernel spreads
+    // connections over them) and so can another process: the explicit opt-in for a
+    // zero-downtime binary replacement.
     let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut local_addrs = Vec::new();
     for l in &config.listeners {
-        let first = bind_reuseport(l.addr)?;
+        let first = bind(l.addr, config.reuse_port).map_err(|e| at(l.addr, e))?;
         let actual = first.local_addr()?;
         local_addrs.push(actual);
-        sockets[0].push(first);
         for w in sockets.iter_mut().skip(1) {
-            w.push(bind_reuseport(actual)?);
+            let s = if config.reuse_port {
+                bind(actual, true)
+            } else {
+                first.try_clone()
+            };
+            w.push(s.map_err(|e| at(actual, e))?);
         }
+        sockets[0].push(first);
     }
     let metrics = Metrics::default();
     for (i, l) in config.listeners.iter().enumerate() {
@@ -432,8 +473,6 @@ struct Conn {
     /// When `close_notify` or an alert went out (linger starts).
     closing_since: Option<Instant>,
     last_activity: Instant,
-    /// When the TCP connection was accepted (the handshake duration starts here).
-    opened: Instant,
     deadline: Option<Instant>,
     queued: bool,
     counted_failure: bool,
@@ -441,6 +480,47 @@ struct Conn {
     /// (or the linger deadline), so that closing never resets the connection under an alert
     /// the peer has not read yet (a close with unread input sends a TCP RST).
     lingering: Option<usize>,
+    /// When the TCP connection was accepted: the handshake duration and the audit line's
+    /// duration start here.
+    opened: Instant,
+    /// The access line was logged: a close line follows at removal.
+    audited: bool,
+    /// Why the connection ended, as first known (audit; see [`End`]).
+    end: Option<End>,
+}
+
+/// Why an accepted connection ended, for its close line in `onerecord::access`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum End {
+    /// The peer sent `close_notify` first.
+    PeerCloseNotify,
+    /// The transport ended without the peer's `close_notify`.
+    PeerEof,
+    /// Our side finished first: the upstream, the local client or the application ended
+    /// the stream, and `close_notify` went out.
+    Closed,
+    /// No traffic for the idle timeout.
+    IdleTimeout,
+    /// Graceful shutdown closed it.
+    Drain,
+    /// Graceful shutdown: still open at the drain timeout, cut.
+    DrainTimeout,
+    /// A TLS or I/O error ended it (the detail is logged as `error`).
+    Error(String),
+}
+
+impl End {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::PeerCloseNotify => "peer_close_notify",
+            Self::PeerEof => "peer_eof",
+            Self::Closed => "closed",
+            Self::IdleTimeout => "idle_timeout",
+            Self::Drain => "drain",
+            Self::DrainTimeout => "drain_timeout",
+            Self::Error(_) => "error",
+        }
+    }
 }
 
 /// What a timer firing means for a connection.
@@ -598,6 +678,9 @@ impl Worker {
             && now >= d
         {
             for key in self.conns.keys() {
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.end.get_or_insert(End::DrainTimeout);
+                }
                 self.remove(key);
             }
         }
@@ -612,6 +695,9 @@ impl Worker {
         }
         for key in self.conns.keys() {
             if let Some(c) = self.conns.get_mut(key) {
+                if c.session.is_established() {
+                    c.end.get_or_insert(End::Drain);
+                }
                 if c.session.is_established()
                     && c.plain.is_some()
                     && matches!(c.mode, Mode::Terminate { .. })
@@ -741,11 +827,13 @@ impl Worker {
                 draining: false,
                 closing_since: None,
                 last_activity: now,
-                opened: now,
                 deadline: None,
                 queued: false,
                 counted_failure: false,
                 lingering: None,
+                opened: now,
+                audited: false,
+                end: None,
             })
             .ok_or_else(|| io::Error::other("connection table full"))?;
         let Some(c) = self.conns.get_mut(key) else {
@@ -772,6 +860,7 @@ impl Worker {
         let Some(mut c) = self.conns.remove(key) else {
             return;
         };
+        log_close(&c);
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut c.tls.stream);
         if let Some(p) = c.plain.as_mut() {
@@ -929,6 +1018,7 @@ fn drive(
             }
         } else if c.session.is_established() && now >= c.last_activity + limits.idle_timeout {
             counters.idle_timeouts += 1;
+            c.end.get_or_insert(End::IdleTimeout);
             debug!("closing idle connection from {}", c.remote);
             c.close_after_flush = true;
         }
@@ -944,7 +1034,13 @@ fn drive(
     if !c.tls.connected && (c.tls.writable || c.tls.readable) {
         if let Err(e) = c.tls.check_connected() {
             counters.upstream_errors += 1;
-            warn!("cannot reach TLS server for {}: {e}", c.remote);
+            match &c.mode {
+                Mode::Originate { connect, .. } => warn!(
+                    target: "onerecord::partner",
+                    "cannot reach partner {connect} for {}: {e}", c.remote
+                ),
+                Mode::Terminate { .. } => warn!("cannot reach TLS server for {}: {e}", c.remote),
+            }
             return Done::Remove;
         }
     }
@@ -1021,6 +1117,7 @@ fn drive(
                 }
             }
             if c.to_tls.is_empty() && c.close_after_flush {
+                c.end.get_or_insert(End::Closed);
                 c.session.close();
                 let _ = c.session.process(wall, |_| {});
                 progress = true;
@@ -1057,6 +1154,7 @@ fn drive(
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     debug!("write to {} failed: {e}", c.remote);
+                    c.end.get_or_insert(End::Error(format!("write: {e}")));
                     return Done::Remove;
                 }
             }
@@ -1207,6 +1305,14 @@ fn note_failure(c: &mut Conn, counters: &mut Counters) {
         return;
     };
     c.counted_failure = true;
+    c.end.get_or_insert_with(|| match err.reason() {
+        Reason::UnexpectedEof => End::PeerEof,
+        _ => End::Error(err.to_string()),
+    });
+    if let Mode::Originate { connect, .. } = &c.mode {
+        partner_failed(*connect, c.remote, c.session.server_name(), err);
+        return;
+    }
     if c.session.is_established() {
         debug!("connection from {} ended: {err}", c.remote);
         return;
@@ -1248,6 +1354,8 @@ fn process(c: &mut Conn, wall: Time, counters: &mut Counters, new_plain: &mut Op
         close_after_flush,
         listener,
         opened,
+        audited,
+        end,
         ..
     } = c;
     let mut reply = Reply::default();
@@ -1255,6 +1363,8 @@ fn process(c: &mut Conn, wall: Time, counters: &mut Counters, new_plain: &mut Op
     let res = session.process(wall, |ev| match ev {
         Event::Established(id) => {
             counters.handshake(id.version, id.resumed(), opened.elapsed());
+            log_access(mode, *remote, *local, id);
+            *audited = true;
             match mode {
                 Mode::Terminate { backend, .. } => match backend {
                     Backend::Service(service) => {
@@ -1299,7 +1409,10 @@ fn process(c: &mut Conn, wall: Time, counters: &mut Counters, new_plain: &mut Op
             App::Plain | App::Waiting => to_plain.extend(d),
             App::Refused => {}
         },
-        Event::PeerClosed => peer_closed = true,
+        Event::PeerClosed => {
+            peer_closed = true;
+            end.get_or_insert(End::PeerCloseNotify);
+        }
         Event::Closed => {}
     });
     if peer_closed {
@@ -1333,4 +1446,87 @@ fn closes_with_peer(mode: &Mode) -> bool {
             ..
         } | Mode::Originate { .. }
     )
+}
+
+/// `"-"` for a field with no value in the audit lines.
+fn or_dash(s: Option<&str>) -> &str {
+    s.unwrap_or("-")
+}
+
+/// The access line of an established connection (`onerecord::access`, INFO): who connected
+/// and how. Server side: the client's address and certificate; client mode: the partner's.
+fn log_access(mode: &Mode, remote: SocketAddr, local: SocketAddr, id: &PeerIdentity) {
+    let leaf = id.leaf.as_ref();
+    let cn = or_dash(id.common_name());
+    let uri = or_dash(id.uris().first().map(String::as_str));
+    let serial = leaf.map_or_else(|| "-".to_string(), CertInfo::serial_hex);
+    let spki = leaf.map_or_else(|| "-".to_string(), |l| l.spki_sha256.to_string());
+    let sni = or_dash(id.server_name.as_deref());
+    match mode {
+        Mode::Terminate { .. } => info!(
+            target: "onerecord::access",
+            remote:% = remote, local:% = local, sni = sni, version:% = id.version,
+            resumed = id.resumed(), cn = cn, uri = uri, serial = serial.as_str(),
+            spki = spki.as_str();
+            "accepted"
+        ),
+        Mode::Originate { connect, .. } => info!(
+            target: "onerecord::access",
+            partner:% = connect, client:% = remote, sni = sni, version:% = id.version,
+            resumed = id.resumed(), cn = cn, uri = uri, serial = serial.as_str(),
+            spki = spki.as_str();
+            "connected"
+        ),
+    }
+}
+
+/// The close line of a connection whose access line was logged: how long it lasted, the
+/// application bytes each way and why it ended.
+fn log_close(c: &Conn) {
+    if !c.audited {
+        return;
+    }
+    let end = c.end.clone().unwrap_or_else(|| {
+        if let Some(e) = c.session.error() {
+            End::Error(e.to_string())
+        } else if c.session.peer_closed() {
+            End::PeerCloseNotify
+        } else if c.tls.eof {
+            End::PeerEof
+        } else {
+            End::Closed
+        }
+    });
+    let error = match &end {
+        End::Error(e) => e.as_str(),
+        _ => "-",
+    };
+    let stats = c.session.stats();
+    let peer = match &c.mode {
+        Mode::Terminate { .. } => c.remote,
+        Mode::Originate { connect, .. } => *connect,
+    };
+    let cn = or_dash(c.session.peer_identity().and_then(|id| id.common_name()));
+    info!(
+        target: "onerecord::access",
+        remote:% = peer, cn = cn, duration_ms = c.opened.elapsed().as_millis() as u64,
+        bytes_in = stats.app_bytes_received, bytes_out = stats.app_bytes_sent,
+        end = end.label(), error = error;
+        "closed"
+    );
+}
+
+/// In client mode a failed TLS connection to the partner is the operator's business: the
+/// partner refused our certificate, its certificate failed verification or its identity
+/// check, or it broke the protocol. A WARN naming the partner (`onerecord::partner`).
+fn partner_failed(partner: SocketAddr, client: SocketAddr, sni: Option<&str>, err: &Error) {
+    let alert = err
+        .alert_sent()
+        .map_or_else(|| "none".to_string(), |a| a.to_string());
+    warn!(
+        target: "onerecord::partner",
+        partner:% = partner, sni = or_dash(sni), client:% = client, reason:? = err.reason(),
+        failure = err.failure().label(), alert_sent = alert.as_str(), error:% = err;
+        "TLS connection to partner {partner} failed"
+    );
 }

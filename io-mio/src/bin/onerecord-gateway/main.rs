@@ -1,16 +1,17 @@
 //! `onerecord-gateway`: a TLS/mTLS terminating proxy with ONE Record defaults.
 //!
-//! - `server`: terminate TLS (mTLS with `--client-ca --require-client-cert`), forward the
+//! - `server`: terminate TLS (mTLS with `--ca --require-client-cert`), forward the
 //!   plaintext to `--upstream` (optionally with a PROXY protocol v2 header carrying the
 //!   verified identity), or answer HTTP requests with a JSON description of the peer.
 //! - `client`: accept plain TCP locally and forward it over TLS/mTLS to a ONE Record server.
 //! - `dev`: make a throwaway PKI and run the server on 127.0.0.1:8443 with mTLS required.
 //!
 //! Signals: SIGINT/SIGTERM shut down gracefully, SIGHUP reloads certificates, anchors, CRLs
-//! and ticket keys. Exit codes: 0 clean, 1 runtime failure, 2 bad configuration.
+//! and ticket keys. Exit codes: 0 clean stop, 2 bad configuration (see [`AFTER_HELP`]).
 
 mod dev;
 mod exposition;
+mod logging;
 mod metrics_http;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -27,29 +28,72 @@ use onerecord_tls::{
 };
 use onerecord_tls_mio::{Backend, IdentityResponder, Limits, Listener, Mode, ServerConfig};
 
-/// TLS/mTLS terminating gateway for ONE Record servers and clients.
+/// What `--help` says after the options: signals, logging, exit codes, the PROXY header.
+const AFTER_HELP: &str = "\
+Signals:
+  SIGHUP           reload certificate, key, CA bundle, CRLs and ticket keys; open connections
+                   keep their policy, and a file that does not load keeps the current policy
+                   (logged as ERROR)
+  SIGINT, SIGTERM  stop accepting, let open connections finish (--drain-timeout), exit 0
+
+Logging (stderr):
+  RUST_LOG         level filter in env_logger syntax, default `info`; for example
+                   RUST_LOG=warn,onerecord::access=info
+  --log-format     `text` (default): `[time LEVEL target] message key=value...`;
+                   `json`: one object per line (timestamp, level, target, message, fields)
+  Targets: onerecord::access (an `accepted` and a `closed` line per connection: remote, SNI,
+  version, resumed, certificate CN, URI, serial, SPKI SHA-256; duration, bytes, why it ended),
+  onerecord::refused (one line per refused connection: reason and alert),
+  onerecord::partner (client mode: a partner that refused us or failed verification, WARN).
+
+Exit codes:
+  0  stopped by SIGINT or SIGTERM
+  2  bad configuration: the message names the flag and the file, or the address in use
+
+PROXY protocol v2 (server --upstream ADDR --proxy-protocol):
+  Before the first byte of the stream the upstream gets the client's address and port and the
+  verified identity: PP2_TYPE_SSL (verify result, TLS version, certificate CN, cipher),
+  PP2_TYPE_AUTHORITY (SNI), PP2_TYPE_ALPN, one TLV 0xE0 per URI SAN of the client certificate
+  (ONE Record IDs) and TLV 0xE1 with its SPKI SHA-256 (32 bytes).";
+
+/// Put TLS and mutual TLS with the ONE Record defaults in front of a ONE Record server
+/// (`server`), or carry your systems' plain connections to a partner's ONE Record server over
+/// mTLS (`client`); `dev` runs a local mTLS server with a throwaway PKI to try it out.
 #[derive(Parser, Debug)]
-#[command(name = "onerecord-gateway", version, about)]
+#[command(name = "onerecord-gateway", version, after_help = AFTER_HELP)]
 struct Cli {
+    /// Log line format on stderr: `text` (human-readable, `key=value` fields) or `json`
+    /// (one object per line: timestamp, level, target, message and the fields).
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Terminate TLS/mTLS and forward to an upstream, or answer with the peer's identity.
+    #[command(after_help = AFTER_HELP)]
     Server(ServerArgs),
     /// Accept plain TCP locally and forward it over TLS/mTLS to a ONE Record server.
+    #[command(after_help = AFTER_HELP)]
     Client(ClientArgs),
     /// Generate a development PKI and run the server with mTLS on 127.0.0.1:8443.
+    #[command(after_help = AFTER_HELP)]
     Dev(DevArgs),
 }
 
 #[derive(Args, Debug, Clone)]
 struct Common {
-    /// Worker threads (default: number of CPUs).
-    #[arg(long, default_value_t = 0)]
-    workers: usize,
+    /// Worker threads [default: the number of CPUs].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100): /metrics, /healthz,
     /// /readyz.
     ///
@@ -95,6 +139,12 @@ struct Common {
     /// Reload certificates, anchors, CRLs and ticket keys every this many seconds.
     #[arg(long, value_name = "SECS")]
     reload_interval: Option<f64>,
+    /// Share the listen addresses with other processes that also set this (SO_REUSEPORT),
+    /// for a zero-downtime binary replacement: start the new gateway with --reuse-port next
+    /// to the old one (also started with it), then stop the old one with SIGTERM. Without
+    /// it an address in use is an error (exit 2) and no other process can join ours.
+    #[arg(long)]
+    reuse_port: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -108,12 +158,12 @@ struct ServerArgs {
     /// Server private key (PEM: PKCS#8, SEC1 or PKCS#1).
     #[arg(long, value_name = "FILE")]
     key: PathBuf,
-    /// CA bundle for client certificates (requests a client certificate). Alone, clients
-    /// without a certificate are still admitted (anonymous; warned at start): add
-    /// --require-client-cert or an --allow-* rule to refuse them.
-    #[arg(long, value_name = "FILE")]
+    /// CA bundle that client certificates must chain to (requests a client certificate).
+    /// Alone, clients without a certificate are still admitted (anonymous; warned at
+    /// start): add --require-client-cert or an --allow-* rule to refuse them.
+    #[arg(long = "ca", visible_alias = "client-ca", value_name = "FILE")]
     client_ca: Option<PathBuf>,
-    /// Refuse clients without a valid certificate (mTLS). Needs --client-ca. Implied by any
+    /// Refuse clients without a valid certificate (mTLS). Needs --ca. Implied by any
     /// --allow-* rule.
     #[arg(long, requires = "client_ca")]
     require_client_cert: bool,
@@ -145,7 +195,8 @@ struct ServerArgs {
     /// Forward decrypted streams to this TCP address (default: answer with the identity).
     #[arg(long, value_name = "ADDR")]
     upstream: Option<String>,
-    /// Send a PROXY protocol v2 header with the client address and identity first.
+    /// Send a PROXY protocol v2 header first: the client address and the verified identity
+    /// (CN, URI SANs, SPKI SHA-256, TLS version, SNI; see below).
     #[arg(long, requires = "upstream")]
     proxy_protocol: bool,
     /// Session-ticket keys shared by a fleet (base64 lines of 48 bytes, first encrypts).
@@ -166,7 +217,7 @@ struct ClientArgs {
     /// Name to send as SNI and verify (default: HOST of --connect).
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
-    /// CA bundle to verify the server.
+    /// CA bundle that the partner's server certificate must chain to.
     #[arg(long, value_name = "FILE")]
     ca: PathBuf,
     /// Client certificate chain (mTLS).
@@ -181,24 +232,45 @@ struct ClientArgs {
     /// ALPN protocols to offer.
     #[arg(long, value_name = "PROTO")]
     alpn: Vec<String>,
+    /// Accept the partner only with a URI SAN under this URI (repeatable; same matching as
+    /// the server's --allow-uri). With any --verify-* flag the partner's certificate must
+    /// match one of them, beyond chaining to --ca and matching --server-name.
+    #[arg(long, value_name = "URI")]
+    verify_uri: Vec<String>,
+    /// Accept the partner only with this subject CN (repeatable).
+    #[arg(long, value_name = "NAME")]
+    verify_cn: Vec<String>,
+    /// Accept the partner only with this DNS SAN (repeatable).
+    #[arg(long, value_name = "NAME")]
+    verify_dns: Vec<String>,
+    /// Accept the partner only with this key: SPKI SHA-256 in hex (repeatable).
+    #[arg(long, value_name = "HEX")]
+    verify_spki: Vec<String>,
     #[command(flatten)]
     common: Common,
 }
 
 #[derive(Args, Debug, Clone)]
 struct DevArgs {
-    /// Directory for the generated PKI (created if missing; existing files are reused).
-    #[arg(long, value_name = "DIR", default_value = "onerecord-dev")]
-    dir: PathBuf,
+    /// Directory for the generated PKI (created if missing, owner-only; existing files are
+    /// reused) [default: $XDG_STATE_HOME/onerecord-gateway/dev, or
+    /// ~/.local/state/onerecord-gateway/dev; outside any working tree].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Issue one more partner (client) certificate NAME.pem / NAME.key from the development
+    /// CA in the PKI directory (CN NAME, URI SAN https://localhost:8443/logistics-agents/NAME),
+    /// print the curl command that uses it, and exit.
+    #[arg(long, value_name = "NAME")]
+    issue_client: Option<String>,
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
     listen: SocketAddr,
     /// Serve Prometheus metrics on this address: /metrics, /healthz, /readyz (as in `server`).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// Worker threads (default: number of CPUs).
-    #[arg(long, default_value_t = 0)]
-    workers: usize,
+    /// Worker threads [default: the number of CPUs].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
 }
 
 /// A configuration error: exit code 2, message names the file and the problem.
@@ -256,7 +328,7 @@ fn server_policy(
         b = b.resumption_from(prev);
     }
     if let Some(ca) = &a.client_ca {
-        let trust = TrustStore::from_pem_file(ca).map_err(|e| file_err("--client-ca", e))?;
+        let trust = TrustStore::from_pem_file(ca).map_err(|e| file_err("--ca", e))?;
         b = b.client_auth(if a.require_client_cert {
             ClientAuth::Required(trust)
         } else {
@@ -375,6 +447,20 @@ fn client_mode(a: &ClientArgs) -> Result<Mode, ConfigFail> {
     if !a.alpn.is_empty() {
         b = b.alpn(&a.alpn);
     }
+    for u in &a.verify_uri {
+        b = b.allow(IdentityRule::UriPrefix(u.clone()));
+    }
+    for cn in &a.verify_cn {
+        b = b.allow(IdentityRule::CommonName(cn.clone()));
+    }
+    for d in &a.verify_dns {
+        b = b.allow(IdentityRule::Dns(d.clone()));
+    }
+    for h in &a.verify_spki {
+        let pin = Sha256::from_hex(h)
+            .ok_or_else(|| ConfigFail(format!("--verify-spki: {h:?} is not 64 hex digits")))?;
+        b = b.allow(IdentityRule::SpkiSha256(pin));
+    }
     let policy = b
         .build(now)
         .map_err(|e| cert_key_err(a.cert.as_deref(), a.key.as_deref(), e))?;
@@ -430,13 +516,13 @@ fn run(
         }
         Err(e) => warn!("cannot raise the open-files limit: {e}"),
     }
-    let addrs: Vec<String> = listeners.iter().map(|l| l.addr.to_string()).collect();
     let handle = onerecord_tls_mio::start(ServerConfig {
         listeners,
-        workers: common.workers,
+        workers: common.workers.unwrap_or(0),
         limits: limits(common)?,
+        reuse_port: common.reuse_port,
     })
-    .map_err(|e| ConfigFail(format!("--listen {}: {e}", addrs.join(", "))))?;
+    .map_err(|e| ConfigFail(format!("--listen {e}")))?;
     let handle = Arc::new(handle);
     let status = exposition::Status::new(handle.metrics().clone(), watched);
     if let Some(m) = common.metrics {
@@ -448,6 +534,18 @@ fn run(
     status.set_ready(true);
     for a in handle.local_addrs() {
         info!("listening on {a}");
+    }
+    if common.reuse_port {
+        warn!(
+            "--reuse-port: other processes of this user that also set SO_REUSEPORT can bind {} \
+             and take a share of the connections (meant for a zero-downtime replacement)",
+            handle
+                .local_addrs()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     let reload = Arc::new(reload);
     let do_reload = {
@@ -508,10 +606,8 @@ fn run(
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
     let cli = Cli::parse();
+    logging::init(cli.log_format == LogFormat::Json);
     let result = match cli.command {
         Command::Server(a) => {
             let trust = std::sync::Mutex::new(client_trust_inputs(&a));
@@ -558,8 +654,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(ConfigFail(e)) => {
-            error!("{e}");
-            eprintln!("onerecord-gateway: {e}");
+            // Once: as a log line (text or JSON, like every other line), or on stderr when
+            // RUST_LOG silences errors.
+            if log::log_enabled!(log::Level::Error) {
+                error!("{e}");
+            } else {
+                eprintln!("onerecord-gateway: {e}");
+            }
             ExitCode::from(2)
         }
     }
@@ -592,6 +693,7 @@ fn dev_server_args(dir: &Path, d: &DevArgs) -> ServerArgs {
             drain_timeout: 10.0,
             tls13_only: false,
             reload_interval: None,
+            reuse_port: false,
         },
     }
 }
