@@ -24,7 +24,7 @@ use crate::buffer::{Queue, Storage};
 use crate::error::{Alert, Error, Reason, SendError};
 use crate::hello::{self, Admission};
 use crate::identity::{CertInfo, HandshakeKind, PeerIdentity};
-use crate::policy::{CipherSuite, ServerPolicies, TlsVersion};
+use crate::policy::{CipherSuite, LoadedCrl, ServerPolicies, TlsVersion};
 use crate::stats::Stats;
 use crate::time::Time;
 
@@ -107,6 +107,8 @@ pub(crate) struct Engine<S> {
     pub identity: Option<PeerIdentity>,
     /// The policy's cache of parsed peer leaves (set once the policy is known).
     pub leaves: Option<Arc<crate::identity::LeafCache>>,
+    /// The policy's CRLs (set once the policy is known), to name a stale one.
+    pub crls: Option<Arc<[LoadedCrl]>>,
     /// How far the ClientHello admission has walked the incoming records.
     pub hello_scan: hello::HelloScan,
     pub server_name: Option<String>,
@@ -143,6 +145,7 @@ impl<S: Storage> Engine<S> {
             timeout,
             identity: None,
             leaves: None,
+            crls: None,
             hello_scan: hello::HelloScan::default(),
             server_name: None,
             established: false,
@@ -183,6 +186,7 @@ impl<S: Storage> Engine<S> {
         );
         e.server_name = Some(server_name.into());
         e.leaves = Some(policy.0.leaves.clone());
+        e.crls = Some(policy.0.crls.clone());
         e.max_send_record = policy
             .0
             .builder
@@ -309,6 +313,7 @@ impl<S: Storage> Engine<S> {
             Ok(c) => {
                 self.clock = Some(policy.0.clock.clone());
                 self.leaves = Some(policy.0.leaves.clone());
+                self.crls = Some(policy.0.crls.clone());
                 self.conn = Conn::Server(alloc::boxed::Box::new(c));
                 Ok(true)
             }
@@ -557,7 +562,42 @@ impl<S: Storage> Engine<S> {
                 break;
             }
         }
-        self.fail(Error::new(reason, sent).with_tls(e))
+        let presented = super::take_presented().and_then(|der| match &self.leaves {
+            Some(cache) => cache.parse(&der).ok(),
+            None => CertInfo::parse(&der).ok(),
+        });
+        let reason = self.name_stale_crl(reason, presented.as_ref());
+        self.fail(
+            Error::new(reason, sent)
+                .with_tls(e)
+                .with_presented(presented),
+        )
+    }
+
+    /// Fill in which CRL an expired-CRL refusal is about: one with that `nextUpdate`, the
+    /// one of the presented certificate's issuer first.
+    fn name_stale_crl(&self, reason: Reason, presented: Option<&CertInfo>) -> Reason {
+        let Reason::CrlExpired {
+            crl: None,
+            next_update,
+        } = reason
+        else {
+            return reason;
+        };
+        let crls = self.crls.as_deref().unwrap_or(&[]);
+        let due = |c: &&LoadedCrl| match (next_update, c.info.next_update) {
+            (Some(want), Some(have)) => want.as_unix_secs() == have.as_unix_secs(),
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        let issuer = presented.map(|p| p.issuer.as_str());
+        let crl = crls
+            .iter()
+            .filter(due)
+            .find(|c| Some(c.info.issuer.as_str()) == issuer)
+            .or_else(|| crls.iter().find(due))
+            .map(|c| c.name.as_str().into());
+        Reason::CrlExpired { crl, next_update }
     }
 
     /// The alert just encoded at `outgoing[at..]`. A plaintext alert record is read back, so
@@ -838,8 +878,16 @@ pub(crate) fn classify(
                 CertificateError::UnknownIssuer => Reason::UnknownIssuer,
                 CertificateError::Revoked => Reason::Revoked,
                 CertificateError::UnknownRevocationStatus => Reason::RevocationStatusUnknown,
-                CertificateError::ExpiredRevocationList
-                | CertificateError::ExpiredRevocationListContext { .. } => Reason::CrlExpired,
+                CertificateError::ExpiredRevocationList => Reason::CrlExpired {
+                    crl: None,
+                    next_update: None,
+                },
+                CertificateError::ExpiredRevocationListContext { next_update, .. } => {
+                    Reason::CrlExpired {
+                        crl: None,
+                        next_update: Some(time_of(next_update)),
+                    }
+                }
                 CertificateError::NotValidForName
                 | CertificateError::NotValidForNameContext { .. } => Reason::NameMismatch,
                 CertificateError::ApplicationVerificationFailure => Reason::IdentityDenied,
