@@ -19,6 +19,7 @@ use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use rustls::{CertificateError, CommonState, PeerIncompatible, PeerMisbehaved, ProtocolVersion};
 
+use super::alert_spy::{self, WriteKeys};
 use super::{Clock, group_from_rustls, suite_from_rustls};
 use crate::buffer::{Queue, Storage};
 use crate::error::{Alert, Error, Reason, SendError};
@@ -109,6 +110,9 @@ pub(crate) struct Engine<S> {
     pub leaves: Option<Arc<crate::identity::LeafCache>>,
     /// The policy's CRLs (set once the policy is known), to name a stale one.
     pub crls: Option<Arc<[LoadedCrl]>>,
+    /// The connection's current record encrypter, once the write side is encrypted: for an
+    /// alert rustls does not send itself.
+    pub write_keys: Option<WriteKeys>,
     /// How far the ClientHello admission has walked the incoming records.
     pub hello_scan: hello::HelloScan,
     pub server_name: Option<String>,
@@ -146,6 +150,7 @@ impl<S: Storage> Engine<S> {
             identity: None,
             leaves: None,
             crls: None,
+            write_keys: None,
             hello_scan: hello::HelloScan::default(),
             server_name: None,
             established: false,
@@ -344,6 +349,7 @@ impl<S: Storage> Engine<S> {
             Conn::Client(c) => self.drive(&mut **c, out),
             Conn::AwaitingHello(_) | Conn::Done => Ok(()),
         };
+        self.adopt_write_keys();
         if self.error.is_none() && !self.closed {
             self.conn = conn;
         } else if self.closed {
@@ -477,6 +483,32 @@ impl<S: Storage> Engine<S> {
         }
     }
 
+    /// Keep the encrypter rustls installed during the last call, if it installed one (see
+    /// `alert_spy`). Called after every call into rustls.
+    fn adopt_write_keys(&mut self) {
+        if let Some(k) = alert_spy::take_new_write_keys() {
+            self.write_keys = Some(k);
+        }
+    }
+
+    /// Queue `alert` as the connection's last record: encrypted with the current write keys
+    /// when the write side is encrypted, else in plaintext. `false` when it does not fit.
+    fn queue_own_alert(&mut self, alert: Alert) -> bool {
+        let rec = match &self.write_keys {
+            Some(keys) => match keys.fatal_alert_record(alert.code()) {
+                Some(r) => r,
+                None => return false,
+            },
+            None => hello::alert_record(alert, 0x0303).to_vec(),
+        };
+        if !self.outgoing.reserve_exact(rec.len()) {
+            return false;
+        }
+        self.outgoing.spare(rec.len())[..rec.len()].copy_from_slice(&rec);
+        self.outgoing.commit(rec.len());
+        true
+    }
+
     fn fail_reason(&mut self, reason: Reason, alert: Option<Alert>) -> Error {
         self.fail(Error::new(reason, alert))
     }
@@ -544,7 +576,7 @@ impl<S: Storage> Engine<S> {
                     match enc.encode(self.outgoing.spare(0)) {
                         Ok(n) => {
                             self.outgoing.commit(n);
-                            sent = Some(self.read_back_alert(before, version, guess));
+                            sent = Some(self.read_back_alert(before, version));
                             encoded = true;
                             break;
                         }
@@ -562,6 +594,27 @@ impl<S: Storage> Engine<S> {
                 break;
             }
         }
+        self.adopt_write_keys();
+        // A few errors leave rustls' deframer without any alert queued (a handshake message
+        // over 64 KiB, a handshake message interleaved with other records, too many empty
+        // fragments); rustls answers their siblings with these alerts, so the engine sends
+        // them itself.
+        if sent.is_none() {
+            if let Some(own) = unalerted(&e) {
+                if self.queue_own_alert(own) {
+                    sent = Some(Some(own));
+                }
+            }
+        }
+        // An encrypted alert is named by what the record layer encrypted; only without that
+        // (no `std`) by our mapping.
+        let encrypted = alert_spy::take_encrypted_alert().map(Alert::from_code);
+        let sent = sent.map(|read_back| {
+            read_back
+                .or(encrypted)
+                .or(guess)
+                .unwrap_or(Alert::InternalError)
+        });
         let presented = super::take_presented().and_then(|der| match &self.leaves {
             Some(cache) => cache.parse(&der).ok(),
             None => CertInfo::parse(&der).ok(),
@@ -600,31 +653,25 @@ impl<S: Storage> Engine<S> {
         Reason::CrlExpired { crl, next_update }
     }
 
-    /// The alert just encoded at `outgoing[at..]`. A plaintext alert record is read back, so
-    /// the code reported is the code sent; an encrypted one is named by `guess`.
+    /// The alert just encoded at `outgoing[at..]`, if it is a plaintext alert record (an
+    /// encrypted one is named by the record layer, see `alert_spy`).
     ///
     /// rustls answers a missing client certificate with `certificate_required` (116) in TLS
     /// 1.2 too, a code TLS 1.2 does not define; RFC 5246 7.4.6 prescribes `handshake_failure`,
     /// so that plaintext record is rewritten to it (TLS 1.2 peers such as OpenSSL then print
     /// a meaningful error).
-    fn read_back_alert(
-        &mut self,
-        at: usize,
-        version: Option<ProtocolVersion>,
-        guess: Option<Alert>,
-    ) -> Alert {
+    fn read_back_alert(&mut self, at: usize, version: Option<ProtocolVersion>) -> Option<Alert> {
         let rec = &mut self.outgoing.data_mut()[at..];
         match rec {
-            [0x15, _, _, 0, 2, level, code] => {
+            [0x15, _, _, 0, 2, _level, code] => {
                 if *code == Alert::CertificateRequired.code()
                     && version == Some(ProtocolVersion::TLSv1_2)
                 {
                     *code = Alert::HandshakeFailure.code();
                 }
-                let _ = level;
-                Alert::from_code(*code)
+                Some(Alert::from_code(*code))
             }
-            _ => guess.unwrap_or(Alert::InternalError),
+            _ => None,
         }
     }
 
@@ -640,6 +687,7 @@ impl<S: Storage> Engine<S> {
             _ => None,
         };
         self.conn = conn;
+        self.adopt_write_keys();
         r
     }
 
@@ -752,6 +800,7 @@ impl<S: Storage> Engine<S> {
             _ => false,
         };
         self.conn = conn;
+        self.adopt_write_keys();
         Ok(ok)
     }
 }
@@ -840,6 +889,19 @@ fn refresh_keys<C: Driven, S: Storage>(conn: &mut C, q: &mut Queue<S>) -> bool {
 
 fn time_of(t: &pki_types::UnixTime) -> Time {
     Time::from(*t)
+}
+
+/// The alert for an error that rustls returns without queueing one (its handshake deframer
+/// returns these with `?`, past the code that alerts for every other malformed message).
+fn unalerted(e: &rustls::Error) -> Option<Alert> {
+    match e {
+        rustls::Error::InvalidMessage(_) => Some(Alert::DecodeError),
+        rustls::Error::PeerMisbehaved(
+            PeerMisbehaved::MessageInterleavedWithHandshakeMessage
+            | PeerMisbehaved::TooManyEmptyFragments,
+        ) => Some(Alert::UnexpectedMessage),
+        _ => None,
+    }
 }
 
 /// The reason for a rustls error, and the alert rustls queues for it (when the alert goes out

@@ -5,6 +5,7 @@
 //!   ticket and session-store trait implementations;
 //! - [`engine`]: the unbuffered connection driver and the mapping of rustls errors.
 
+mod alert_spy;
 pub(crate) mod engine;
 
 use alloc::string::{String, ToString};
@@ -111,11 +112,15 @@ pub(crate) fn group_from_rustls(g: rustls::NamedGroup) -> Option<Group> {
         .find(|x| rustls_group(*x).name() == g)
 }
 
-/// ring's provider, narrowed to the policy's suites and groups, in the policy's order.
+/// ring's provider, narrowed to the policy's suites and groups, in the policy's order; the
+/// suites' AEADs note the alerts they encrypt ([`alert_spy`]).
 fn provider(suites: &[CipherSuite], groups: &[Group]) -> Arc<CryptoProvider> {
     let base = ring_provider::default_provider();
     Arc::new(CryptoProvider {
-        cipher_suites: suites.iter().map(|s| rustls_suite(*s)).collect(),
+        cipher_suites: suites
+            .iter()
+            .map(|s| alert_spy::spied(rustls_suite(*s)))
+            .collect(),
         kx_groups: groups.iter().map(|g| rustls_group(*g)).collect(),
         ..base
     })
