@@ -293,7 +293,7 @@ fn server_policy(
     let mut crls = Vec::new();
     if let Some(ca) = &a.client_ca {
         let trust = TrustStore::from_pem_file(ca).map_err(|e| file_err("--client-ca", e))?;
-        crls = load_crls(&a.crl, &trust, "--client-ca")?;
+        crls = load_crls(&a.crl, &trust, &format!("--client-ca {}", ca.display()))?;
         b = b.client_auth(if a.require_client_cert {
             ClientAuth::Required(trust)
         } else {
@@ -388,7 +388,7 @@ fn client_mode(a: &ClientArgs) -> Result<Mode, ConfigFail> {
         .unwrap_or(&a.connect);
     let server_name = a.server_name.clone().unwrap_or_else(|| host.to_string());
     let trust = TrustStore::from_pem_file(&a.ca).map_err(|e| file_err("--ca", e))?;
-    let crls = load_crls(&a.crl, &trust, "--ca")?;
+    let crls = load_crls(&a.crl, &trust, &format!("--ca {}", a.ca.display()))?;
     let mut b = ClientPolicy::builder(trust)
         .versions(versions(&a.common))
         .handshake_timeout(secs(a.common.handshake_timeout, "--handshake-timeout")?);
