@@ -480,6 +480,11 @@ impl Error {
 
     /// The fatal alert queued for the peer, if one was sent. `None` when the peer refused us
     /// (see [`Reason::PeerAlert`]), for plaintext probes, and for timeouts.
+    ///
+    /// This is the alert on the wire: a plaintext alert record is read back from the
+    /// outgoing bytes, an encrypted one is noted by the record encrypter as it is encrypted
+    /// (feature `std`; without it an encrypted alert is named from the error, as rustls
+    /// chooses it in most cases).
     pub fn alert_sent(&self) -> Option<Alert> {
         self.alert_sent
     }
