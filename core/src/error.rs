@@ -13,6 +13,7 @@ use alloc::string::String;
 use core::fmt;
 use core::time::Duration;
 
+use crate::identity::CertInfo;
 use crate::time::Time;
 
 /// A TLS alert description (RFC 8446 section 6, RFC 5246 section 7.2).
@@ -198,8 +199,16 @@ pub enum Reason {
     Revoked,
     /// No loaded CRL covers the certificate and the policy treats that as a failure.
     RevocationStatusUnknown,
-    /// A CRL needed for the check is past its `nextUpdate` and the policy enforces expiry.
-    CrlExpired,
+    /// A CRL needed for the check is past its `nextUpdate` (plus the policy's grace) and the
+    /// policy enforces expiry. This is the operator's problem, not the peer's: publish a
+    /// fresh CRL.
+    CrlExpired {
+        /// Which CRL: its name in [`crate::Revocation::names`] (e.g. its file) or else its
+        /// issuer, when it could be determined.
+        crl: Option<Box<str>>,
+        /// The CRL's `nextUpdate`, when known.
+        next_update: Option<Time>,
+    },
     /// The server certificate is not valid for the name the client asked for.
     NameMismatch,
     /// The certificate is unusable for another reason (encoding, signature, key usage).
@@ -240,7 +249,8 @@ impl Reason {
                 Failure::Expired
             }
             Self::UnknownIssuer => Failure::UnknownCa,
-            Self::Revoked | Self::RevocationStatusUnknown | Self::CrlExpired => Failure::Revoked,
+            Self::Revoked | Self::RevocationStatusUnknown => Failure::Revoked,
+            Self::CrlExpired { .. } => Failure::CrlExpired,
             Self::NameMismatch | Self::BadCertificate => Failure::BadCertificate,
             Self::IdentityDenied => Failure::IdentityDenied,
             Self::PeerAlert(_) => Failure::PeerAlert,
@@ -303,7 +313,17 @@ impl fmt::Display for Reason {
             Self::RevocationStatusUnknown => {
                 f.write_str("revocation status of peer certificate is unknown")
             }
-            Self::CrlExpired => f.write_str("certificate revocation list has expired"),
+            Self::CrlExpired { crl, next_update } => {
+                f.write_str("certificate revocation list ")?;
+                if let Some(c) = crl {
+                    write!(f, "{c} ")?;
+                }
+                f.write_str("has expired")?;
+                if let Some(nu) = next_update {
+                    write!(f, " (next update was due {nu})")?;
+                }
+                Ok(())
+            }
             Self::NameMismatch => {
                 f.write_str("server certificate is not valid for the requested name")
             }
@@ -358,6 +378,9 @@ pub enum Failure {
     Expired,
     /// Certificate revoked, or revocation status not established.
     Revoked,
+    /// A CRL needed for the check is past its `nextUpdate`: the peer is refused because of
+    /// our stale CRL, not because of its certificate.
+    CrlExpired,
     /// Chain does not lead to a trusted CA.
     UnknownCa,
     /// Certificate unusable (encoding, name, signature, purpose).
@@ -376,7 +399,7 @@ pub enum Failure {
 
 impl Failure {
     /// All categories, in a stable order.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Plaintext,
         Self::ProtocolVersion,
         Self::UnknownServerName,
@@ -384,6 +407,7 @@ impl Failure {
         Self::NoPeerCertificate,
         Self::Expired,
         Self::Revoked,
+        Self::CrlExpired,
         Self::UnknownCa,
         Self::BadCertificate,
         Self::IdentityDenied,
@@ -403,6 +427,7 @@ impl Failure {
             Self::NoPeerCertificate => "no_client_cert",
             Self::Expired => "expired",
             Self::Revoked => "revoked",
+            Self::CrlExpired => "crl_expired",
             Self::UnknownCa => "unknown_ca",
             Self::BadCertificate => "bad_certificate",
             Self::IdentityDenied => "identity_denied",
@@ -425,6 +450,7 @@ pub struct Error {
     reason: Reason,
     alert_sent: Option<Alert>,
     tls: Option<rustls::Error>,
+    presented: Option<Box<CertInfo>>,
 }
 
 impl Error {
@@ -433,7 +459,13 @@ impl Error {
             reason,
             alert_sent,
             tls: None,
+            presented: None,
         }
+    }
+
+    pub(crate) fn with_presented(mut self, cert: Option<CertInfo>) -> Self {
+        self.presented = cert.map(Box::new);
+        self
     }
 
     pub(crate) fn with_tls(mut self, e: rustls::Error) -> Self {
@@ -448,6 +480,11 @@ impl Error {
 
     /// The fatal alert queued for the peer, if one was sent. `None` when the peer refused us
     /// (see [`Reason::PeerAlert`]), for plaintext probes, and for timeouts.
+    ///
+    /// This is the alert on the wire: a plaintext alert record is read back from the
+    /// outgoing bytes, an encrypted one is noted by the record encrypter as it is encrypted
+    /// (feature `std`; without it an encrypted alert is named from the error, as rustls
+    /// chooses it in most cases).
     pub fn alert_sent(&self) -> Option<Alert> {
         self.alert_sent
     }
@@ -455,6 +492,15 @@ impl Error {
     /// The statistics category.
     pub fn failure(&self) -> Failure {
         self.reason.failure()
+    }
+
+    /// The end-entity certificate the peer presented, when verifying it failed (unknown CA,
+    /// expired, revoked, identity denied, ...), parsed but **not trusted**: it names who
+    /// was refused, for logs. `None` when the peer presented none, when the failure came
+    /// before or after certificate verification, or without the `std` feature (the
+    /// certificate is captured on the thread that drives the session).
+    pub fn presented_certificate(&self) -> Option<&CertInfo> {
+        self.presented.as_deref()
     }
 
     /// The rustls error behind this failure, for diagnostics.
@@ -582,6 +628,29 @@ pub enum ConfigError {
         /// Why.
         detail: String,
     },
+    /// A CRL's issuer is none of the certificates in the trust store (the CA bundle): a
+    /// CRL of another CA, or of an intermediate CA that is not in the bundle. Such a CRL
+    /// covers none of the certificates the policy accepts and would silently turn
+    /// revocation checking off (or refuse everyone).
+    CrlIssuerUnknown {
+        /// Index in the list.
+        index: usize,
+        /// The CRL's issuer, RFC 4514.
+        issuer: String,
+    },
+    /// A CRL's signature does not verify with the key of the trust-store certificate
+    /// named as its issuer (a forged or damaged CRL, or an issuer re-keyed since).
+    CrlBadSignature {
+        /// Index in the list.
+        index: usize,
+        /// The CRL's issuer, RFC 4514.
+        issuer: String,
+        /// Why.
+        detail: String,
+    },
+    /// CRLs were given for a server policy without client authentication: there is no
+    /// client certificate to check them against.
+    CrlWithoutClientAuth,
     /// Narrowing removed every cipher suite or every group.
     NothingEnabled {
         /// "cipher suites" or "key exchange groups".
@@ -668,6 +737,24 @@ impl fmt::Display for ConfigError {
                 )
             }
             Self::BadCrl { index, detail } => write!(f, "CRL #{index} is invalid: {detail}"),
+            Self::CrlIssuerUnknown { index, issuer } => write!(
+                f,
+                "CRL #{index} is issued by {issuer:?}, which is not a certificate of the CA \
+                 bundle (a CRL of an intermediate CA needs that intermediate in the bundle)"
+            ),
+            Self::CrlBadSignature {
+                index,
+                issuer,
+                detail,
+            } => write!(
+                f,
+                "CRL #{index}: signature does not verify with the key of its issuer {issuer:?} \
+                 in the CA bundle: {detail}"
+            ),
+            Self::CrlWithoutClientAuth => f.write_str(
+                "CRLs need client authentication: give a client CA bundle (the CRLs check \
+                 client certificates)",
+            ),
             Self::NothingEnabled { what } => write!(f, "narrowing left no {what} enabled"),
             Self::InvalidAlpn => f.write_str("ALPN protocol names must be 1 to 255 bytes"),
             Self::InvalidServerName { name } => write!(f, "invalid server name {name:?}"),
@@ -686,6 +773,20 @@ impl fmt::Display for ConfigError {
 impl core::error::Error for ConfigError {}
 
 impl ConfigError {
+    /// The same CRL error, for CRL `index` of a list.
+    pub(crate) fn at_crl_index(self, index: usize) -> Self {
+        match self {
+            Self::BadCrl { detail, .. } => Self::BadCrl { index, detail },
+            Self::CrlIssuerUnknown { issuer, .. } => Self::CrlIssuerUnknown { index, issuer },
+            Self::CrlBadSignature { issuer, detail, .. } => Self::CrlBadSignature {
+                index,
+                issuer,
+                detail,
+            },
+            other => other,
+        }
+    }
+
     /// Attach the file this error came from.
     pub fn in_file(self, path: impl Into<String>) -> Self {
         Self::File {
@@ -706,6 +807,26 @@ pub enum Warning {
         /// Time left at the check.
         remaining: Duration,
     },
+    /// A CRL is past its `nextUpdate`. Without grace every certificate it covers is refused
+    /// ([`Reason::CrlExpired`]); within the grace it is still used.
+    CrlExpired {
+        /// Its name in [`crate::Revocation::names`], or else its issuer.
+        crl: String,
+        /// Its `nextUpdate`.
+        next_update: Time,
+        /// The configured grace ([`crate::Revocation::grace`]); zero: fail closed.
+        grace: Duration,
+    },
+    /// A CRL reaches its `nextUpdate` within the warning window
+    /// ([`crate::Revocation::warning`]).
+    CrlExpiresSoon {
+        /// Its name in [`crate::Revocation::names`], or else its issuer.
+        crl: String,
+        /// Its `nextUpdate`.
+        next_update: Time,
+        /// Time left at the check.
+        remaining: Duration,
+    },
 }
 
 impl fmt::Display for Warning {
@@ -718,6 +839,35 @@ impl fmt::Display for Warning {
                 f,
                 "certificate expires in {} hours (not after {not_after})",
                 remaining.as_secs() / 3600
+            ),
+            Self::CrlExpired {
+                crl,
+                next_update,
+                grace,
+            } if grace.is_zero() => write!(
+                f,
+                "CRL {crl} has expired (next update was due {next_update}): every certificate \
+                 it covers is refused until a fresh CRL is loaded"
+            ),
+            Self::CrlExpired {
+                crl,
+                next_update,
+                grace,
+            } => write!(
+                f,
+                "CRL {crl} has expired (next update was due {next_update}): still used for \
+                 {} s of grace after that, then every certificate it covers is refused",
+                grace.as_secs()
+            ),
+            Self::CrlExpiresSoon {
+                crl,
+                next_update,
+                remaining,
+            } => write!(
+                f,
+                "CRL {crl} expires in {} minutes (next update {next_update}): publish a fresh \
+                 CRL before then or every certificate it covers is refused",
+                remaining.as_secs() / 60
             ),
         }
     }

@@ -3,7 +3,7 @@
 //! PEM is parsed by `rustls-pki-types` (no hand-written parser here). Every loader names what
 //! it was reading in its error; the `*_file` variants (feature `std`) also name the file.
 
-use alloc::string::ToString;
+use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
@@ -11,6 +11,7 @@ use pki_types::pem::{self, PemObject};
 use pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::error::ConfigError;
+use crate::time::Time;
 
 pub use pki_types::{CertificateDer as Certificate, PrivateKeyDer as PrivateKey};
 
@@ -69,9 +70,10 @@ fn encrypted_key_format(pem: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// CRLs from PEM (`X509 CRL` sections, any number) or from a single DER CRL.
+/// CRLs from PEM (`X509 CRL` sections, any number) or from a single DER CRL. Each CRL is
+/// parsed ([`CrlInfo::parse`]): a damaged one is a [`ConfigError::BadCrl`] with its index.
 pub fn crls_from_pem_or_der(input: &[u8]) -> Result<Vec<Crl>, ConfigError> {
-    if looks_like_pem(input) {
+    let crls = if looks_like_pem(input) {
         let crls = CertificateRevocationListDer::pem_slice_iter(input)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| pem_error("CRL", e))?;
@@ -81,17 +83,84 @@ pub fn crls_from_pem_or_der(input: &[u8]) -> Result<Vec<Crl>, ConfigError> {
                 detail: "no X509 CRL section".to_string(),
             });
         }
-        Ok(crls)
+        crls
     } else if input.first() == Some(&0x30) {
-        Ok(alloc::vec![CertificateRevocationListDer::from(
-            input.to_vec()
-        )])
+        alloc::vec![CertificateRevocationListDer::from(input.to_vec())]
     } else {
-        Err(ConfigError::BadCrl {
+        return Err(ConfigError::BadCrl {
             index: 0,
             detail: "neither PEM nor DER".to_string(),
+        });
+    };
+    for (index, crl) in crls.iter().enumerate() {
+        CrlInfo::parse(crl).map_err(|e| e.at_crl_index(index))?;
+    }
+    Ok(crls)
+}
+
+/// What a CRL says, parsed (not verified: see [`check_crl`]). For operators and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlInfo {
+    /// The issuer, as an RFC 4514 string (formatted like [`crate::CertInfo::issuer`]).
+    pub issuer: String,
+    /// `thisUpdate`: when it was issued.
+    pub this_update: Time,
+    /// `nextUpdate`: when a fresh CRL is due. A CRL without one never expires.
+    pub next_update: Option<Time>,
+    /// The `cRLNumber` extension, big-endian bytes as encoded, when present.
+    pub number: Option<Vec<u8>>,
+    /// Number of revoked certificates listed.
+    pub revoked: usize,
+}
+
+/// OID of the `cRLNumber` extension (RFC 5280 5.2.3).
+const OID_CRL_NUMBER: x509_cert::der::oid::ObjectIdentifier =
+    x509_cert::der::oid::ObjectIdentifier::new_unwrap("2.5.29.20");
+
+impl CrlInfo {
+    /// Parse a DER CRL. A malformed one is a [`ConfigError::BadCrl`] (index 0); never panics.
+    pub fn parse(der: &[u8]) -> Result<Self, ConfigError> {
+        use x509_cert::der::Decode;
+        let bad = |detail: String| ConfigError::BadCrl { index: 0, detail };
+        let list =
+            x509_cert::crl::CertificateList::from_der(der).map_err(|e| bad(e.to_string()))?;
+        let tbs = &list.tbs_cert_list;
+        let mut number = None;
+        for ext in tbs.crl_extensions.iter().flatten() {
+            if ext.extn_id == OID_CRL_NUMBER {
+                let n = x509_cert::der::asn1::Uint::from_der(ext.extn_value.as_bytes())
+                    .map_err(|e| bad(alloc::format!("cRLNumber: {e}")))?;
+                number = Some(n.as_bytes().to_vec());
+            }
+        }
+        Ok(Self {
+            issuer: tbs.issuer.to_string(),
+            this_update: Time::from(tbs.this_update.to_unix_duration()),
+            next_update: tbs.next_update.map(|t| Time::from(t.to_unix_duration())),
+            number,
+            revoked: tbs.revoked_certificates.as_ref().map_or(0, Vec::len),
         })
     }
+
+    /// `true` when `nextUpdate` has passed at `now`.
+    pub fn is_expired(&self, now: Time) -> bool {
+        self.next_update.is_some_and(|n| now >= n)
+    }
+}
+
+/// Parse a DER CRL and check it against a trust store: its issuer must be one of the
+/// store's certificates (compared byte for byte, as RFC 5280 path validation does), and its
+/// signature must verify with that certificate's key (ring, through the rustls provider's
+/// verification algorithms).
+///
+/// What this covers: the CA bundle is the whole of what is checked. A bundle may carry
+/// intermediates next to roots (each is an anchor); a CRL of such an intermediate passes.
+/// A CRL of an intermediate that peers only send in their chains fails with
+/// [`ConfigError::CrlIssuerUnknown`]: add that intermediate to the bundle.
+pub fn check_crl(der: &[u8], trust: &TrustStore) -> Result<CrlInfo, ConfigError> {
+    let info = CrlInfo::parse(der)?;
+    crate::backend::verify_crl(der, &trust.roots, &info.issuer)?;
+    Ok(info)
 }
 
 fn looks_like_pem(input: &[u8]) -> bool {
@@ -282,6 +351,10 @@ mod tests {
             crls_from_pem_or_der(b"xx"),
             Err(ConfigError::BadCrl { .. })
         ));
-        assert_eq!(crls_from_pem_or_der(&[0x30, 0x00]).unwrap().len(), 1);
+        // A DER-looking input is parsed when loaded: an empty SEQUENCE is not a CRL.
+        assert!(matches!(
+            crls_from_pem_or_der(&[0x30, 0x00]),
+            Err(ConfigError::BadCrl { index: 0, .. })
+        ));
     }
 }

@@ -20,7 +20,7 @@ use pki_types::{CertificateDer, PrivateKeyDer};
 use crate::backend::{self, Clock};
 use crate::error::{ConfigError, Warning};
 use crate::identity::{CertInfo, IdentityRule, IdentityRules, LeafCache};
-use crate::pki::{Crl, TrustStore};
+use crate::pki::{Crl, CrlInfo, TrustStore};
 use crate::resumption::{ClientSessionCache, ServerSessionCache, TicketKeys};
 use crate::time::Time;
 
@@ -208,29 +208,120 @@ pub enum UnknownStatus {
     Allow,
 }
 
+/// Default warning window before a CRL's `nextUpdate`.
+pub const DEFAULT_CRL_WARNING: Duration = Duration::from_secs(24 * 3600);
+
 /// Revocation checking with CRLs.
-#[derive(Clone, Debug, Default)]
+///
+/// When a policy is built, every CRL is parsed and checked against the trust store: its
+/// issuer must be one of the trust store's certificates (the CA bundle, intermediates
+/// included when they are in the bundle), and its signature must verify with that
+/// certificate's key. A CRL of another CA, or of an intermediate that only peers send in
+/// their chains, is a [`ConfigError::CrlIssuerUnknown`]: add the intermediate to the bundle.
+/// This keeps a wrong file from silently disabling revocation (with
+/// [`UnknownStatus::Allow`]) or refusing everyone (with [`UnknownStatus::Deny`]).
+#[derive(Clone, Debug)]
 pub struct Revocation {
     /// The CRLs. With none, no revocation check is made.
     pub crls: Vec<Crl>,
+    /// A name for each CRL, in the same order (e.g. the file it came from), used in
+    /// warnings and in [`crate::Reason::CrlExpired`]. Missing names fall back to the issuer.
+    pub names: Vec<String>,
     /// What a certificate not covered by any CRL means.
     pub unknown_status: UnknownStatus,
-    /// Refuse when a relevant CRL is past its `nextUpdate`.
+    /// Refuse when a relevant CRL is past its `nextUpdate` (plus [`Self::grace`]).
     pub enforce_crl_expiry: bool,
+    /// With expiry enforced: how long after its `nextUpdate` an expired CRL is still used
+    /// (bounded fail-open, for a CRL publisher that is late). Zero, the default, fails
+    /// closed at `nextUpdate`. Callers should log a non-zero grace: it weakens the policy.
+    pub grace: Duration,
+    /// Warn ([`Warning::CrlExpiresSoon`]) when a CRL's `nextUpdate` is this close at build.
+    pub warning: Duration,
     /// Check only the leaf (not intermediates).
     pub end_entity_only: bool,
 }
 
+impl Default for Revocation {
+    fn default() -> Self {
+        Self::with_crls(Vec::new())
+    }
+}
+
 impl Revocation {
-    /// Check with these CRLs, strict defaults (unknown status refused, expired CRL refused).
+    /// Check with these CRLs, strict defaults (unknown status refused, expired CRL refused,
+    /// no grace).
     pub fn with_crls(crls: Vec<Crl>) -> Self {
         Self {
             crls,
+            names: Vec::new(),
             unknown_status: UnknownStatus::Deny,
             enforce_crl_expiry: true,
+            grace: Duration::ZERO,
+            warning: DEFAULT_CRL_WARNING,
             end_entity_only: false,
         }
     }
+
+    /// [`Self::with_crls`] with a name for each CRL (e.g. its file).
+    pub fn with_named_crls(crls: impl IntoIterator<Item = (String, Crl)>) -> Self {
+        let (names, crls) = crls.into_iter().unzip();
+        Self {
+            names,
+            ..Self::with_crls(crls)
+        }
+    }
+
+    /// The name of CRL `index`: its entry in [`Self::names`], or else `issuer`.
+    pub(crate) fn name_of(&self, index: usize, issuer: &str) -> String {
+        self.names
+            .get(index)
+            .cloned()
+            .unwrap_or_else(|| issuer.to_string())
+    }
+
+    /// Check every CRL against `trust` (parse, issuer in the store, signature) and list
+    /// the warnings due at `now`.
+    pub(crate) fn check(
+        &self,
+        trust: &TrustStore,
+        now: Time,
+    ) -> Result<(Vec<LoadedCrl>, Vec<Warning>), ConfigError> {
+        let mut loaded = Vec::with_capacity(self.crls.len());
+        let mut warnings = Vec::new();
+        for (index, crl) in self.crls.iter().enumerate() {
+            let info = crate::pki::check_crl(crl, trust).map_err(|e| e.at_crl_index(index))?;
+            let name = self.name_of(index, &info.issuer);
+            if let Some(next) = info.next_update {
+                if now >= next {
+                    if self.enforce_crl_expiry {
+                        warnings.push(Warning::CrlExpired {
+                            crl: name.clone(),
+                            next_update: next,
+                            grace: self.grace,
+                        });
+                    }
+                } else {
+                    let remaining = next.saturating_duration_since(now);
+                    if remaining < self.warning {
+                        warnings.push(Warning::CrlExpiresSoon {
+                            crl: name.clone(),
+                            next_update: next,
+                            remaining,
+                        });
+                    }
+                }
+            }
+            loaded.push(LoadedCrl { name, info });
+        }
+        Ok((loaded, warnings))
+    }
+}
+
+/// A CRL as the policy checked it.
+#[derive(Clone, Debug)]
+pub(crate) struct LoadedCrl {
+    pub name: String,
+    pub info: CrlInfo,
 }
 
 /// The parts shared by server and client policies.
@@ -465,19 +556,31 @@ impl ServerPolicyBuilder {
             self.client_auth = ClientAuth::Required(trust.clone());
         }
         let suites = self.common.enabled_suites()?;
-        let (leaf, warnings) = check_own_cert(&self.own.chain, now, self.common.expiry_warning)?;
+        let (leaf, mut warnings) =
+            check_own_cert(&self.own.chain, now, self.common.expiry_warning)?;
         if !self.common.rules.is_empty() && matches!(self.client_auth, ClientAuth::Disabled) {
             return Err(ConfigError::InvalidIdentityRule {
                 detail: "identity rules need client authentication".to_string(),
             });
         }
+        let crls = match &self.client_auth {
+            _ if self.common.revocation.crls.is_empty() => Vec::new(),
+            ClientAuth::Disabled => return Err(ConfigError::CrlWithoutClientAuth),
+            ClientAuth::Optional(trust) | ClientAuth::Required(trust) => {
+                let (crls, w) = self.common.revocation.check(trust, now)?;
+                warnings.extend(w);
+                crls
+            }
+        };
+        let crls: Arc<[LoadedCrl]> = crls.into();
         let clock = Arc::new(Clock::new(now));
         let leaves = Arc::new(LeafCache::default());
-        let config = backend::server_config(&self, &suites, clock.clone(), leaves.clone())?;
+        let config = backend::server_config(&self, &suites, clock.clone(), leaves.clone(), &crls)?;
         Ok(ServerPolicy(Arc::new(ServerInner {
             config,
             clock,
             leaves,
+            crls,
             warnings,
             own_leaf: leaf,
             builder: self,
@@ -491,6 +594,8 @@ pub(crate) struct ServerInner {
     pub clock: Arc<Clock>,
     /// Parsed peer leaves of this policy's handshakes.
     pub leaves: Arc<LeafCache>,
+    /// The CRLs, as checked at build.
+    pub crls: Arc<[LoadedCrl]>,
     pub warnings: Vec<Warning>,
     pub own_leaf: CertInfo,
     pub builder: ServerPolicyBuilder,
@@ -527,9 +632,15 @@ impl ServerPolicy {
         self.0.builder.clone()
     }
 
-    /// Warnings found while building (e.g. the certificate expires soon).
+    /// Warnings found while building (e.g. the certificate expires soon, a CRL expired).
     pub fn warnings(&self) -> &[Warning] {
         &self.0.warnings
+    }
+
+    /// The CRLs of this policy with their names ([`Revocation::names`], or else the issuer),
+    /// as parsed and checked at build.
+    pub fn crls(&self) -> impl Iterator<Item = (&str, &CrlInfo)> {
+        self.0.crls.iter().map(|c| (c.name.as_str(), &c.info))
     }
 
     /// The own leaf certificate, parsed.
@@ -748,13 +859,22 @@ impl ClientPolicyBuilder {
         if let Some(own) = &self.own {
             warnings = check_own_cert(&own.chain, now, self.common.expiry_warning)?.1;
         }
+        let crls = if self.common.revocation.crls.is_empty() {
+            Vec::new()
+        } else {
+            let (crls, w) = self.common.revocation.check(&self.trust, now)?;
+            warnings.extend(w);
+            crls
+        };
+        let crls: Arc<[LoadedCrl]> = crls.into();
         let clock = Arc::new(Clock::new(now));
         let leaves = Arc::new(LeafCache::default());
-        let config = backend::client_config(&self, &suites, clock.clone(), leaves.clone())?;
+        let config = backend::client_config(&self, &suites, clock.clone(), leaves.clone(), &crls)?;
         Ok(ClientPolicy(Arc::new(ClientInner {
             config,
             clock,
             leaves,
+            crls,
             warnings,
             builder: self,
         })))
@@ -767,6 +887,8 @@ pub(crate) struct ClientInner {
     pub clock: Arc<Clock>,
     /// Parsed peer leaves of this policy's handshakes.
     pub leaves: Arc<LeafCache>,
+    /// The CRLs, as checked at build.
+    pub crls: Arc<[LoadedCrl]>,
     pub warnings: Vec<Warning>,
     pub builder: ClientPolicyBuilder,
 }
@@ -797,6 +919,11 @@ impl ClientPolicy {
     /// Warnings found while building.
     pub fn warnings(&self) -> &[Warning] {
         &self.0.warnings
+    }
+
+    /// The CRLs of this policy with their names, as in [`ServerPolicy::crls`].
+    pub fn crls(&self) -> impl Iterator<Item = (&str, &CrlInfo)> {
+        self.0.crls.iter().map(|c| (c.name.as_str(), &c.info))
     }
 
     /// The handshake deadline.

@@ -1329,15 +1329,28 @@ fn note_failure(c: &mut Conn, counters: &mut Counters) {
     let alert = err
         .alert_sent()
         .map_or_else(|| "none".to_string(), |a| a.to_string());
+    // The certificate the peer presented (not trusted: it was refused), when there was one.
+    let presented = err
+        .presented_certificate()
+        .map_or_else(String::new, |cert| {
+            format!(
+                " peer_cn={:?} peer_uri={:?} peer_serial={} peer_issuer={:?}",
+                cert.common_names.first().map_or("-", String::as_str),
+                cert.uris.first().map_or("-", String::as_str),
+                cert.serial_hex(),
+                cert.issuer
+            )
+        });
     info!(
         target: "onerecord::refused",
-        "refused remote={} sni={:?} reason={:?} failure={} alert={} error=\"{}\"",
+        "refused remote={} sni={:?} reason={:?} failure={} alert={} error=\"{}\"{}",
         c.remote,
         c.session.server_name().unwrap_or("-"),
         err.reason(),
         err.failure().label(),
         alert,
-        err
+        err,
+        presented
     );
 }
 

@@ -171,10 +171,7 @@ fn client_ca_alone_warns_at_start_that_anonymous_clients_are_admitted() {
         .lines()
         .find(|l| l.contains("admitted (anonymous)"))
         .unwrap_or_else(|| panic!("no warning:\n{log}"));
-    assert!(
-        line.contains("WARN") && line.contains("--client-ca"),
-        "{line}"
-    );
+    assert!(line.contains("WARN") && line.contains("--ca "), "{line}");
     // What the warning says is what happens.
     let out = text(&s_client(
         gw.addr,

@@ -203,6 +203,11 @@ impl Ca {
         self.issuer.pem()
     }
 
+    /// The CA certificate, DER.
+    pub fn der(&self) -> Certificate<'static> {
+        self.issuer.der().clone()
+    }
+
     /// A trust store holding only this CA.
     pub fn trust(&self) -> TrustStore {
         TrustStore::from_pem(self.pem().as_bytes()).expect("trust store")

@@ -301,14 +301,22 @@ fn revoked_client_cert_gets_certificate_revoked_alert() {
 #[test]
 fn unknown_revocation_status_is_refused_or_allowed_as_configured() {
     let f = fixture();
-    let unrelated = Ca::new("Other CA").crl(&[], 7);
-    let strict = mtls_server(&f).revocation(Revocation::with_crls(vec![unrelated.clone()]));
+    // Both CAs are trusted; only the other one publishes a CRL.
+    let other = Ca::new("Other CA");
+    let unrelated = other.crl(&[], 7);
+    let mut trust = f.ca.trust();
+    trust.add_pem(other.pem().as_bytes()).unwrap();
+    let strict = server(&f.server_id)
+        .require_client_auth(trust.clone())
+        .revocation(Revocation::with_crls(vec![unrelated.clone()]));
     let p = pair(strict, with_cert(client(&f.ca), &f.client_id));
     assert_refused(&p, Reason::RevocationStatusUnknown, Alert::UnknownCa);
-    let lenient = mtls_server(&f).revocation(Revocation {
-        unknown_status: UnknownStatus::Allow,
-        ..Revocation::with_crls(vec![unrelated])
-    });
+    let lenient = server(&f.server_id)
+        .require_client_auth(trust)
+        .revocation(Revocation {
+            unknown_status: UnknownStatus::Allow,
+            ..Revocation::with_crls(vec![unrelated])
+        });
     let p = pair(lenient, with_cert(client(&f.ca), &f.client_id));
     assert!(p.server.is_established(), "{:?}", p.server_error);
 }
@@ -321,7 +329,12 @@ fn expired_crl_is_refused_when_expiry_is_enforced() {
         mtls_server(&f).revocation(Revocation::with_crls(vec![stale.clone()])),
         with_cert(client(&f.ca), &f.client_id),
     );
-    assert_refused(&p, Reason::CrlExpired, Alert::UnknownCa);
+    let se = p.server_error.as_ref().expect("refused");
+    assert!(
+        matches!(se.reason(), Reason::CrlExpired { .. }),
+        "server error: {se}"
+    );
+    assert_eq!(se.alert_sent(), Some(Alert::UnknownCa));
     let relaxed = Revocation {
         enforce_crl_expiry: false,
         ..Revocation::with_crls(vec![stale])

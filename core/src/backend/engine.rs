@@ -19,12 +19,13 @@ use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use rustls::{CertificateError, CommonState, PeerIncompatible, PeerMisbehaved, ProtocolVersion};
 
+use super::alert_spy::{self, WriteKeys};
 use super::{Clock, group_from_rustls, suite_from_rustls};
 use crate::buffer::{Queue, Storage};
 use crate::error::{Alert, Error, Reason, SendError};
 use crate::hello::{self, Admission};
 use crate::identity::{CertInfo, HandshakeKind, PeerIdentity};
-use crate::policy::{CipherSuite, ServerPolicies, TlsVersion};
+use crate::policy::{CipherSuite, LoadedCrl, ServerPolicies, TlsVersion};
 use crate::stats::Stats;
 use crate::time::Time;
 
@@ -107,6 +108,11 @@ pub(crate) struct Engine<S> {
     pub identity: Option<PeerIdentity>,
     /// The policy's cache of parsed peer leaves (set once the policy is known).
     pub leaves: Option<Arc<crate::identity::LeafCache>>,
+    /// The policy's CRLs (set once the policy is known), to name a stale one.
+    pub crls: Option<Arc<[LoadedCrl]>>,
+    /// The connection's current record encrypter, once the write side is encrypted: for an
+    /// alert rustls does not send itself.
+    pub write_keys: Option<WriteKeys>,
     /// How far the ClientHello admission has walked the incoming records.
     pub hello_scan: hello::HelloScan,
     pub server_name: Option<String>,
@@ -143,6 +149,8 @@ impl<S: Storage> Engine<S> {
             timeout,
             identity: None,
             leaves: None,
+            crls: None,
+            write_keys: None,
             hello_scan: hello::HelloScan::default(),
             server_name: None,
             established: false,
@@ -183,6 +191,7 @@ impl<S: Storage> Engine<S> {
         );
         e.server_name = Some(server_name.into());
         e.leaves = Some(policy.0.leaves.clone());
+        e.crls = Some(policy.0.crls.clone());
         e.max_send_record = policy
             .0
             .builder
@@ -309,6 +318,7 @@ impl<S: Storage> Engine<S> {
             Ok(c) => {
                 self.clock = Some(policy.0.clock.clone());
                 self.leaves = Some(policy.0.leaves.clone());
+                self.crls = Some(policy.0.crls.clone());
                 self.conn = Conn::Server(alloc::boxed::Box::new(c));
                 Ok(true)
             }
@@ -339,6 +349,7 @@ impl<S: Storage> Engine<S> {
             Conn::Client(c) => self.drive(&mut **c, out),
             Conn::AwaitingHello(_) | Conn::Done => Ok(()),
         };
+        self.adopt_write_keys();
         if self.error.is_none() && !self.closed {
             self.conn = conn;
         } else if self.closed {
@@ -472,6 +483,32 @@ impl<S: Storage> Engine<S> {
         }
     }
 
+    /// Keep the encrypter rustls installed during the last call, if it installed one (see
+    /// `alert_spy`). Called after every call into rustls.
+    fn adopt_write_keys(&mut self) {
+        if let Some(k) = alert_spy::take_new_write_keys() {
+            self.write_keys = Some(k);
+        }
+    }
+
+    /// Queue `alert` as the connection's last record: encrypted with the current write keys
+    /// when the write side is encrypted, else in plaintext. `false` when it does not fit.
+    fn queue_own_alert(&mut self, alert: Alert) -> bool {
+        let rec = match &self.write_keys {
+            Some(keys) => match keys.fatal_alert_record(alert.code()) {
+                Some(r) => r,
+                None => return false,
+            },
+            None => hello::alert_record(alert, 0x0303).to_vec(),
+        };
+        if !self.outgoing.reserve_exact(rec.len()) {
+            return false;
+        }
+        self.outgoing.spare(rec.len())[..rec.len()].copy_from_slice(&rec);
+        self.outgoing.commit(rec.len());
+        true
+    }
+
     fn fail_reason(&mut self, reason: Reason, alert: Option<Alert>) -> Error {
         self.fail(Error::new(reason, alert))
     }
@@ -539,7 +576,7 @@ impl<S: Storage> Engine<S> {
                     match enc.encode(self.outgoing.spare(0)) {
                         Ok(n) => {
                             self.outgoing.commit(n);
-                            sent = Some(self.read_back_alert(before, version, guess));
+                            sent = Some(self.read_back_alert(before, version));
                             encoded = true;
                             break;
                         }
@@ -557,34 +594,84 @@ impl<S: Storage> Engine<S> {
                 break;
             }
         }
-        self.fail(Error::new(reason, sent).with_tls(e))
+        self.adopt_write_keys();
+        // A few errors leave rustls' deframer without any alert queued (a handshake message
+        // over 64 KiB, a handshake message interleaved with other records, too many empty
+        // fragments); rustls answers their siblings with these alerts, so the engine sends
+        // them itself.
+        if sent.is_none() {
+            if let Some(own) = unalerted(&e) {
+                if self.queue_own_alert(own) {
+                    sent = Some(Some(own));
+                }
+            }
+        }
+        // An encrypted alert is named by what the record layer encrypted; only without that
+        // (no `std`) by our mapping.
+        let encrypted = alert_spy::take_encrypted_alert().map(Alert::from_code);
+        let sent = sent.map(|read_back| {
+            read_back
+                .or(encrypted)
+                .or(guess)
+                .unwrap_or(Alert::InternalError)
+        });
+        let presented = super::take_presented().and_then(|der| match &self.leaves {
+            Some(cache) => cache.parse(&der).ok(),
+            None => CertInfo::parse(&der).ok(),
+        });
+        let reason = self.name_stale_crl(reason, presented.as_ref());
+        self.fail(
+            Error::new(reason, sent)
+                .with_tls(e)
+                .with_presented(presented),
+        )
     }
 
-    /// The alert just encoded at `outgoing[at..]`. A plaintext alert record is read back, so
-    /// the code reported is the code sent; an encrypted one is named by `guess`.
+    /// Fill in which CRL an expired-CRL refusal is about: one with that `nextUpdate`, the
+    /// one of the presented certificate's issuer first.
+    fn name_stale_crl(&self, reason: Reason, presented: Option<&CertInfo>) -> Reason {
+        let Reason::CrlExpired {
+            crl: None,
+            next_update,
+        } = reason
+        else {
+            return reason;
+        };
+        let crls = self.crls.as_deref().unwrap_or(&[]);
+        let due = |c: &&LoadedCrl| match (next_update, c.info.next_update) {
+            (Some(want), Some(have)) => want.as_unix_secs() == have.as_unix_secs(),
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        let issuer = presented.map(|p| p.issuer.as_str());
+        let crl = crls
+            .iter()
+            .filter(due)
+            .find(|c| Some(c.info.issuer.as_str()) == issuer)
+            .or_else(|| crls.iter().find(due))
+            .map(|c| c.name.as_str().into());
+        Reason::CrlExpired { crl, next_update }
+    }
+
+    /// The alert just encoded at `outgoing[at..]`, if it is a plaintext alert record (an
+    /// encrypted one is named by the record layer, see `alert_spy`).
     ///
     /// rustls answers a missing client certificate with `certificate_required` (116) in TLS
     /// 1.2 too, a code TLS 1.2 does not define; RFC 5246 7.4.6 prescribes `handshake_failure`,
     /// so that plaintext record is rewritten to it (TLS 1.2 peers such as OpenSSL then print
     /// a meaningful error).
-    fn read_back_alert(
-        &mut self,
-        at: usize,
-        version: Option<ProtocolVersion>,
-        guess: Option<Alert>,
-    ) -> Alert {
+    fn read_back_alert(&mut self, at: usize, version: Option<ProtocolVersion>) -> Option<Alert> {
         let rec = &mut self.outgoing.data_mut()[at..];
         match rec {
-            [0x15, _, _, 0, 2, level, code] => {
+            [0x15, _, _, 0, 2, _level, code] => {
                 if *code == Alert::CertificateRequired.code()
                     && version == Some(ProtocolVersion::TLSv1_2)
                 {
                     *code = Alert::HandshakeFailure.code();
                 }
-                let _ = level;
-                Alert::from_code(*code)
+                Some(Alert::from_code(*code))
             }
-            _ => guess.unwrap_or(Alert::InternalError),
+            _ => None,
         }
     }
 
@@ -600,6 +687,7 @@ impl<S: Storage> Engine<S> {
             _ => None,
         };
         self.conn = conn;
+        self.adopt_write_keys();
         r
     }
 
@@ -712,6 +800,7 @@ impl<S: Storage> Engine<S> {
             _ => false,
         };
         self.conn = conn;
+        self.adopt_write_keys();
         Ok(ok)
     }
 }
@@ -802,6 +891,19 @@ fn time_of(t: &pki_types::UnixTime) -> Time {
     Time::from(*t)
 }
 
+/// The alert for an error that rustls returns without queueing one (its handshake deframer
+/// returns these with `?`, past the code that alerts for every other malformed message).
+fn unalerted(e: &rustls::Error) -> Option<Alert> {
+    match e {
+        rustls::Error::InvalidMessage(_) => Some(Alert::DecodeError),
+        rustls::Error::PeerMisbehaved(
+            PeerMisbehaved::MessageInterleavedWithHandshakeMessage
+            | PeerMisbehaved::TooManyEmptyFragments,
+        ) => Some(Alert::UnexpectedMessage),
+        _ => None,
+    }
+}
+
 /// The reason for a rustls error, and the alert rustls queues for it (when the alert goes out
 /// encrypted we cannot read it back, so this mapping names it).
 pub(crate) fn classify(
@@ -838,8 +940,16 @@ pub(crate) fn classify(
                 CertificateError::UnknownIssuer => Reason::UnknownIssuer,
                 CertificateError::Revoked => Reason::Revoked,
                 CertificateError::UnknownRevocationStatus => Reason::RevocationStatusUnknown,
-                CertificateError::ExpiredRevocationList
-                | CertificateError::ExpiredRevocationListContext { .. } => Reason::CrlExpired,
+                CertificateError::ExpiredRevocationList => Reason::CrlExpired {
+                    crl: None,
+                    next_update: None,
+                },
+                CertificateError::ExpiredRevocationListContext { next_update, .. } => {
+                    Reason::CrlExpired {
+                        crl: None,
+                        next_update: Some(time_of(next_update)),
+                    }
+                }
                 CertificateError::NotValidForName
                 | CertificateError::NotValidForNameContext { .. } => Reason::NameMismatch,
                 CertificateError::ApplicationVerificationFailure => Reason::IdentityDenied,

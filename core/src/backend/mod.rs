@@ -5,9 +5,10 @@
 //!   ticket and session-store trait implementations;
 //! - [`engine`]: the unbuffered connection driver and the mapping of rustls errors.
 
+mod alert_spy;
 pub(crate) mod engine;
 
-use alloc::string::ToString;
+use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::time::Duration;
@@ -29,8 +30,8 @@ use rustls::{
 use crate::error::ConfigError;
 use crate::identity::{IdentityRules, LeafCache};
 use crate::policy::{
-    CipherSuite, ClientAuth, ClientPolicyBuilder, Common, Group, OwnCert, ServerPolicyBuilder,
-    Tls12Resumption, UnknownStatus, Versions,
+    CipherSuite, ClientAuth, ClientPolicyBuilder, Common, Group, LoadedCrl, OwnCert,
+    ServerPolicyBuilder, Tls12Resumption, UnknownStatus, Versions,
 };
 use crate::resumption::{ClientEntry, ClientSessionCache, ServerSessionCache, TicketKeys};
 use crate::time::Time;
@@ -111,11 +112,15 @@ pub(crate) fn group_from_rustls(g: rustls::NamedGroup) -> Option<Group> {
         .find(|x| rustls_group(*x).name() == g)
 }
 
-/// ring's provider, narrowed to the policy's suites and groups, in the policy's order.
+/// ring's provider, narrowed to the policy's suites and groups, in the policy's order; the
+/// suites' AEADs note the alerts they encrypt ([`alert_spy`]).
 fn provider(suites: &[CipherSuite], groups: &[Group]) -> Arc<CryptoProvider> {
     let base = ring_provider::default_provider();
     Arc::new(CryptoProvider {
-        cipher_suites: suites.iter().map(|s| rustls_suite(*s)).collect(),
+        cipher_suites: suites
+            .iter()
+            .map(|s| alert_spy::spied(rustls_suite(*s)))
+            .collect(),
         kx_groups: groups.iter().map(|g| rustls_group(*g)).collect(),
         ..base
     })
@@ -157,6 +162,103 @@ fn certified_key(
     }
 }
 
+/// The parts of a DER CRL that its signature covers and needs: the whole `tbsCertList`, the
+/// `signatureAlgorithm` contents, the signature bits, and the raw issuer `Name` contents.
+struct CrlParts<'a> {
+    tbs: &'a [u8],
+    alg: &'a [u8],
+    signature: &'a [u8],
+    issuer: &'a [u8],
+}
+
+fn crl_parts(der: &[u8]) -> Result<CrlParts<'_>, x509_cert::der::Error> {
+    use x509_cert::der::asn1::{AnyRef, BitStringRef};
+    use x509_cert::der::{Decode, Reader, SliceReader, Tag};
+    let mut r = SliceReader::new(der)?;
+    let (tbs, alg, signature) = r.sequence(|r| {
+        let tbs = r.tlv_bytes()?;
+        let alg = AnyRef::decode(r)?.value();
+        let sig = BitStringRef::decode(r)?.raw_bytes();
+        Ok((tbs, alg, sig))
+    })?;
+    r.finish(())?;
+    let mut t = SliceReader::new(tbs)?;
+    let issuer = t.sequence(|t| {
+        if t.peek_tag()? == Tag::Integer {
+            AnyRef::decode(t)?;
+        }
+        AnyRef::decode(t)?;
+        let issuer = AnyRef::decode(t)?.value();
+        let rest = t.remaining_len();
+        t.read_slice(rest)?;
+        Ok(issuer)
+    })?;
+    Ok(CrlParts {
+        tbs,
+        alg,
+        signature,
+        issuer,
+    })
+}
+
+/// The `(algorithm contents, key bits)` of a DER `SubjectPublicKeyInfo`'s contents.
+fn spki_parts(spki: &[u8]) -> Result<(&[u8], &[u8]), x509_cert::der::Error> {
+    use x509_cert::der::asn1::{AnyRef, BitStringRef};
+    use x509_cert::der::{Decode, Reader, SliceReader};
+    let mut r = SliceReader::new(spki)?;
+    let alg = AnyRef::decode(&mut r)?.value();
+    let key = BitStringRef::decode(&mut r)?.raw_bytes();
+    r.finish((alg, key))
+}
+
+/// Check that a CRL is issued by one of `roots` and signed with its key (see
+/// [`crate::pki::check_crl`]). `issuer` is the CRL's issuer for messages.
+pub(crate) fn verify_crl(
+    der: &[u8],
+    roots: &rustls::RootCertStore,
+    issuer: &str,
+) -> Result<(), ConfigError> {
+    let bad = |detail: String| ConfigError::BadCrl { index: 0, detail };
+    let parts = crl_parts(der).map_err(|e| bad(e.to_string()))?;
+    let algs = ring_provider::default_provider().signature_verification_algorithms;
+    let mut detail = None;
+    for anchor in roots
+        .roots
+        .iter()
+        .filter(|a| a.subject.as_ref() == parts.issuer)
+    {
+        let Ok((key_alg, key)) = spki_parts(anchor.subject_public_key_info.as_ref()) else {
+            continue;
+        };
+        let mut candidates = algs.all.iter().filter(|a| {
+            a.public_key_alg_id().as_ref() == key_alg && a.signature_alg_id().as_ref() == parts.alg
+        });
+        let mut any = false;
+        if candidates.any(|a| {
+            any = true;
+            a.verify_signature(key, parts.tbs, parts.signature).is_ok()
+        }) {
+            return Ok(());
+        }
+        detail = Some(if any {
+            "bad signature"
+        } else {
+            "signature algorithm does not match the issuer's key or is not supported"
+        });
+    }
+    match detail {
+        Some(d) => Err(ConfigError::CrlBadSignature {
+            index: 0,
+            issuer: issuer.to_string(),
+            detail: d.to_string(),
+        }),
+        None => Err(ConfigError::CrlIssuerUnknown {
+            index: 0,
+            issuer: issuer.to_string(),
+        }),
+    }
+}
+
 fn crl_error(e: rustls::server::VerifierBuilderError) -> ConfigError {
     match e {
         rustls::server::VerifierBuilderError::NoRootAnchors => ConfigError::EmptyTrustStore,
@@ -168,11 +270,32 @@ fn crl_error(e: rustls::server::VerifierBuilderError) -> ConfigError {
     }
 }
 
+/// webpki's own `nextUpdate` check has no grace: with a grace it is left off and
+/// [`CrlGrace`] checks expiry instead.
+fn enforce_expiry_in_webpki(r: &crate::policy::Revocation) -> bool {
+    r.enforce_crl_expiry && r.grace.is_zero()
+}
+
+fn crl_grace(r: &crate::policy::Revocation, crls: &[LoadedCrl]) -> Option<CrlGrace> {
+    if crls.is_empty() || !r.enforce_crl_expiry || r.grace.is_zero() {
+        return None;
+    }
+    Some(CrlGrace {
+        crls: crls
+            .iter()
+            .filter_map(|c| Some((c.info.issuer.clone(), c.info.next_update?)))
+            .collect(),
+        grace: r.grace,
+        end_entity_only: r.end_entity_only,
+    })
+}
+
 pub(crate) fn server_config(
     b: &ServerPolicyBuilder,
     suites: &[CipherSuite],
     clock: Arc<Clock>,
     leaves: Arc<LeafCache>,
+    crls: &[LoadedCrl],
 ) -> Result<Arc<ServerConfig>, ConfigError> {
     let common = &b.common;
     let provider = provider(suites, &common.groups);
@@ -188,7 +311,7 @@ pub(crate) fn server_config(
                 if r.unknown_status == UnknownStatus::Allow {
                     vb = vb.allow_unknown_revocation_status();
                 }
-                if r.enforce_crl_expiry {
+                if enforce_expiry_in_webpki(r) {
                     vb = vb.enforce_revocation_expiration();
                 }
                 if r.end_entity_only {
@@ -198,16 +321,12 @@ pub(crate) fn server_config(
             if matches!(b.client_auth, ClientAuth::Optional(_)) {
                 vb = vb.allow_unauthenticated();
             }
-            let inner = vb.build().map_err(crl_error)?;
-            if common.rules.is_empty() {
-                inner
-            } else {
-                Arc::new(RuleCheckingClientVerifier {
-                    inner,
-                    rules: common.rules.clone(),
-                    leaves,
-                })
-            }
+            Arc::new(PolicyClientVerifier {
+                inner: vb.build().map_err(crl_error)?,
+                rules: common.rules.clone(),
+                leaves,
+                grace: crl_grace(&common.revocation, crls),
+            })
         }
     };
     let mut cfg = ServerConfig::builder_with_details(provider, clock)
@@ -241,6 +360,7 @@ pub(crate) fn client_config(
     suites: &[CipherSuite],
     clock: Arc<Clock>,
     leaves: Arc<LeafCache>,
+    crls: &[LoadedCrl],
 ) -> Result<Arc<ClientConfig>, ConfigError> {
     let common = &b.common;
     let provider = provider(suites, &common.groups);
@@ -251,7 +371,7 @@ pub(crate) fn client_config(
         if r.unknown_status == UnknownStatus::Allow {
             vb = vb.allow_unknown_revocation_status();
         }
-        if r.enforce_crl_expiry {
+        if enforce_expiry_in_webpki(r) {
             vb = vb.enforce_revocation_expiration();
         }
         if r.end_entity_only {
@@ -267,17 +387,14 @@ pub(crate) fn client_config(
     let builder = ClientConfig::builder_with_details(provider, clock)
         .with_protocol_versions(versions(common.versions))
         .map_err(tls_config_error)?;
-    let builder = if common.rules.is_empty() {
-        builder.with_webpki_verifier(webpki)
-    } else {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(RuleCheckingServerVerifier {
-                inner: webpki,
-                rules: common.rules.clone(),
-                leaves,
-            }))
-    };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PolicyServerVerifier {
+            inner: webpki,
+            rules: common.rules.clone(),
+            leaves,
+            grace: crl_grace(&common.revocation, crls),
+        }));
     let mut cfg = match ck {
         Some(ck) => builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(ck))),
         None => builder.with_no_client_auth(),
@@ -300,18 +417,117 @@ pub(crate) fn client_config(
     Ok(Arc::new(cfg))
 }
 
-/// Chain verification by webpki, then the policy's identity rules. A verified certificate
-/// that matches no rule fails with `ApplicationVerificationFailure`, which rustls answers
-/// with the `access_denied` alert.
+#[cfg(feature = "std")]
+std::thread_local! {
+    /// The end-entity certificate a peer presented whose verification just failed, on the
+    /// thread that drives the session. Written only on failure (the success path pays
+    /// nothing); read and cleared by the engine when it reports the failure.
+    static PRESENTED: core::cell::RefCell<Option<CertificateDer<'static>>> =
+        const { core::cell::RefCell::new(None) };
+}
+
+/// Remember the certificate whose verification failed (std only).
+fn note_presented(end_entity: &CertificateDer<'_>) {
+    #[cfg(feature = "std")]
+    PRESENTED.with(|p| *p.borrow_mut() = Some(end_entity.clone().into_owned()));
+    #[cfg(not(feature = "std"))]
+    let _ = end_entity;
+}
+
+/// The certificate noted by the last failed verification on this thread, if any (std
+/// only), clearing it.
+pub(crate) fn take_presented() -> Option<CertificateDer<'static>> {
+    #[cfg(feature = "std")]
+    return PRESENTED.with(|p| p.borrow_mut().take());
+    #[cfg(not(feature = "std"))]
+    None
+}
+
+/// `nextUpdate` plus a grace, checked in place of webpki's check (which has no grace).
 #[derive(Debug)]
-struct RuleCheckingClientVerifier {
+struct CrlGrace {
+    /// `(issuer, nextUpdate)` of each CRL.
+    crls: Vec<(String, Time)>,
+    grace: Duration,
+    end_entity_only: bool,
+}
+
+impl CrlGrace {
+    /// Refuse when a CRL of the issuer of a certificate of the chain is past `nextUpdate` +
+    /// grace, with the error webpki gives for an expired CRL.
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        leaves: &LeafCache,
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        let at = Time::from(now);
+        let mut issuers = Vec::new();
+        if let Ok(leaf) = leaves.parse(end_entity) {
+            issuers.push(leaf.issuer);
+        }
+        if !self.end_entity_only {
+            issuers.extend(
+                intermediates
+                    .iter()
+                    .filter_map(|c| crate::identity::CertInfo::parse(c).ok())
+                    .map(|c| c.issuer),
+            );
+        }
+        for (issuer, next) in &self.crls {
+            if issuers.contains(issuer) && at >= next.saturating_add(self.grace) {
+                return Err(rustls::Error::InvalidCertificate(
+                    CertificateError::ExpiredRevocationListContext {
+                        time: now,
+                        next_update: UnixTime::since_unix_epoch(Duration::from_secs(
+                            next.as_unix_secs(),
+                        )),
+                    },
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Chain verification by webpki (revocation included), then the CRL grace, then the
+/// policy's identity rules. A verified certificate that matches no rule fails with
+/// `ApplicationVerificationFailure`, which rustls answers with the `access_denied` alert.
+/// The certificate of a failed verification is noted for the engine ([`take_presented`]).
+#[derive(Debug)]
+struct PolicyClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     rules: IdentityRules,
     /// The policy's parsed leaves: the rule check parses the leaf once for the identity too.
     leaves: Arc<LeafCache>,
+    grace: Option<CrlGrace>,
 }
 
-impl ClientCertVerifier for RuleCheckingClientVerifier {
+impl PolicyClientVerifier {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if let Some(g) = &self.grace {
+            g.check(end_entity, intermediates, &self.leaves, now)?;
+        }
+        if self.rules.is_empty() || self.rules.allows_der_cached(end_entity, &self.leaves) {
+            Ok(ok)
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+}
+
+impl ClientCertVerifier for PolicyClientVerifier {
     fn offer_client_auth(&self) -> bool {
         self.inner.offer_client_auth()
     }
@@ -330,16 +546,11 @@ impl ClientCertVerifier for RuleCheckingClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let ok = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        if self.rules.allows_der_cached(end_entity, &self.leaves) {
-            Ok(ok)
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ))
+        let r = self.check(end_entity, intermediates, now);
+        if r.is_err() {
+            note_presented(end_entity);
         }
+        r
     }
 
     fn verify_tls12_signature(
@@ -365,17 +576,18 @@ impl ClientCertVerifier for RuleCheckingClientVerifier {
     }
 }
 
-/// Server-certificate counterpart of [`RuleCheckingClientVerifier`] (e.g. SPKI pinning).
+/// Server-certificate counterpart of [`PolicyClientVerifier`] (e.g. SPKI pinning).
 #[derive(Debug)]
-struct RuleCheckingServerVerifier {
+struct PolicyServerVerifier {
     inner: Arc<WebPkiServerVerifier>,
     rules: IdentityRules,
-    /// The policy's parsed leaves, as in [`RuleCheckingClientVerifier`].
+    /// The policy's parsed leaves, as in [`PolicyClientVerifier`].
     leaves: Arc<LeafCache>,
+    grace: Option<CrlGrace>,
 }
 
-impl ServerCertVerifier for RuleCheckingServerVerifier {
-    fn verify_server_cert(
+impl PolicyServerVerifier {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -390,13 +602,33 @@ impl ServerCertVerifier for RuleCheckingServerVerifier {
             ocsp_response,
             now,
         )?;
-        if self.rules.allows_der_cached(end_entity, &self.leaves) {
+        if let Some(g) = &self.grace {
+            g.check(end_entity, intermediates, &self.leaves, now)?;
+        }
+        if self.rules.is_empty() || self.rules.allows_der_cached(end_entity, &self.leaves) {
             Ok(ok)
         } else {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
             ))
         }
+    }
+}
+
+impl ServerCertVerifier for PolicyServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let r = self.check(end_entity, intermediates, server_name, ocsp_response, now);
+        if r.is_err() {
+            note_presented(end_entity);
+        }
+        r
     }
 
     fn verify_tls12_signature(

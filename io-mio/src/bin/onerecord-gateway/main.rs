@@ -17,14 +17,14 @@ mod metrics_http;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use log::{error, info, warn};
 use onerecord_tls::{
     ClientAuth, ClientPolicy, IdentityRule, Revocation, ServerPolicy, Sha256, Time, TrustStore,
-    UnknownStatus, Versions, pki,
+    UnknownStatus, Versions, Warning, pki,
 };
 use onerecord_tls_mio::{Backend, IdentityResponder, Limits, Listener, Mode, ServerConfig};
 
@@ -167,12 +167,18 @@ struct ServerArgs {
     /// --allow-* rule.
     #[arg(long, requires = "client_ca")]
     require_client_cert: bool,
-    /// CRL file (PEM or DER) checked for client certificates (repeatable).
-    #[arg(long, value_name = "FILE")]
+    /// CRL file (PEM or DER) checked for client certificates (repeatable). Needs
+    /// --ca: each CRL must be issued and signed by a certificate of that bundle.
+    #[arg(long, value_name = "FILE", requires = "client_ca")]
     crl: Vec<PathBuf>,
     /// With --crl: accept certificates no CRL covers (default: refuse them).
     #[arg(long)]
     crl_allow_unknown: bool,
+    /// With --crl: keep using a CRL this many seconds after its nextUpdate (a bounded
+    /// fail-open window for a late CRL publisher; logged as a warning). Default 0: clients
+    /// it covers are refused as soon as it expires.
+    #[arg(long, value_name = "SECS", default_value_t = 0, requires = "crl")]
+    crl_grace: u64,
     /// Accept client certificates with a URI SAN at or under URI (repeatable): same scheme,
     /// host and port (443/80 implied), path under URI's path at a `/` boundary, so
     /// https://onerecord.example covers https://onerecord.example/logistics-agents/acme but
@@ -304,12 +310,73 @@ fn cert_key_err(cert: Option<&Path>, key: Option<&Path>, e: impl std::fmt::Displ
     }
 }
 
-fn load_crls(files: &[PathBuf]) -> Result<Vec<pki::Crl>, ConfigFail> {
+/// Read every `--crl` file (a damaged one names its file) and check each CRL against the CA
+/// bundle `trust` read from `ca_flag` (issuer in the bundle, signature): a foreign or
+/// forged CRL is a configuration error naming its file.
+fn load_crls(
+    files: &[PathBuf],
+    trust: &TrustStore,
+    ca_flag: &str,
+) -> Result<Vec<(String, pki::Crl)>, ConfigFail> {
     let mut crls = Vec::new();
     for f in files {
-        crls.extend(pki::crls_from_file(f).map_err(|e| file_err("--crl", e))?);
+        let name = f.display().to_string();
+        for crl in pki::crls_from_file(f).map_err(|e| file_err("--crl", e))? {
+            pki::check_crl(&crl, trust).map_err(|e| {
+                ConfigFail(format!("--crl {name}: {e} (checked against {ca_flag})"))
+            })?;
+            crls.push((name.clone(), crl));
+        }
     }
     Ok(crls)
+}
+
+/// A policy that does not build: a CRL problem names the CRL's file, anything else the
+/// certificate and key.
+fn policy_err(
+    crls: &[(String, pki::Crl)],
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    e: onerecord_tls::ConfigError,
+) -> ConfigFail {
+    use onerecord_tls::ConfigError as E;
+    match &e {
+        E::BadCrl { index, .. }
+        | E::CrlIssuerUnknown { index, .. }
+        | E::CrlBadSignature { index, .. } => match crls.get(*index) {
+            Some((file, _)) => ConfigFail(format!("--crl {file}: {e}")),
+            None => ConfigFail(format!("--crl: {e}")),
+        },
+        E::CrlWithoutClientAuth => ConfigFail(format!("--crl: {e}")),
+        _ => cert_key_err(cert, key, e),
+    }
+}
+
+/// Log the policy's warnings, each CRL warning once per change: a reload (SIGHUP or
+/// --reload-interval) that finds the same expired or expiring CRL says nothing new.
+fn log_warnings(warnings: &[Warning], cert: &str) {
+    static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut keys = Vec::new();
+    for w in warnings {
+        match w {
+            Warning::CrlExpired {
+                crl, next_update, ..
+            } => keys.push((format!("expired {crl} {next_update}"), w)),
+            Warning::CrlExpiresSoon {
+                crl, next_update, ..
+            } => keys.push((format!("soon {crl} {next_update}"), w)),
+            other => warn!("{cert}: {other}"),
+        }
+    }
+    let Ok(mut seen) = SEEN.lock() else {
+        return;
+    };
+    for (key, w) in &keys {
+        if !seen.contains(key) {
+            warn!("--crl: {w}");
+        }
+    }
+    *seen = keys.into_iter().map(|(k, _)| k).collect();
 }
 
 /// Build the server policy from the arguments (re-reading every file), keeping the
@@ -327,19 +394,27 @@ fn server_policy(
     if let Some(prev) = previous {
         b = b.resumption_from(prev);
     }
+    let mut crls = Vec::new();
     if let Some(ca) = &a.client_ca {
         let trust = TrustStore::from_pem_file(ca).map_err(|e| file_err("--ca", e))?;
+        crls = load_crls(&a.crl, &trust, &format!("--ca {}", ca.display()))?;
         b = b.client_auth(if a.require_client_cert {
             ClientAuth::Required(trust)
         } else {
             ClientAuth::Optional(trust)
         });
+    } else if let Some(f) = a.crl.first() {
+        return Err(ConfigFail(format!(
+            "--crl {}: needs --ca (CRLs check client certificates)",
+            f.display()
+        )));
     }
-    if !a.crl.is_empty() {
-        let mut r = Revocation::with_crls(load_crls(&a.crl)?);
+    if !crls.is_empty() {
+        let mut r = Revocation::with_named_crls(crls.iter().cloned());
         if a.crl_allow_unknown {
             r.unknown_status = UnknownStatus::Allow;
         }
+        r.grace = Duration::from_secs(a.crl_grace);
         b = b.revocation(r);
     }
     // Checked here so that a bad rule names its flag.
@@ -369,10 +444,8 @@ fn server_policy(
     }
     let p = b
         .build(now)
-        .map_err(|e| cert_key_err(Some(&a.cert), Some(&a.key), e))?;
-    for w in p.warnings() {
-        warn!("{}: {w}", a.cert.display());
-    }
+        .map_err(|e| policy_err(&crls, Some(&a.cert), Some(&a.key), e))?;
+    log_warnings(p.warnings(), &a.cert.display().to_string());
     Ok(p)
 }
 
@@ -402,7 +475,7 @@ fn warn_anonymous_clients(a: &ServerArgs) {
     let rules = a.allow_uri.len() + a.allow_cn.len() + a.allow_dns.len() + a.allow_spki.len();
     if a.client_ca.is_some() && !a.require_client_cert && rules == 0 {
         warn!(
-            "--client-ca without --require-client-cert or an --allow-* rule: clients without a \
+            "--ca without --require-client-cert or an --allow-* rule: clients without a \
              certificate are admitted (anonymous); certificates that are presented are verified"
         );
     }
@@ -433,6 +506,7 @@ fn client_mode(a: &ClientArgs) -> Result<Mode, ConfigFail> {
         .unwrap_or(&a.connect);
     let server_name = a.server_name.clone().unwrap_or_else(|| host.to_string());
     let trust = TrustStore::from_pem_file(&a.ca).map_err(|e| file_err("--ca", e))?;
+    let crls = load_crls(&a.crl, &trust, &format!("--ca {}", a.ca.display()))?;
     let mut b = ClientPolicy::builder(trust)
         .versions(versions(&a.common))
         .handshake_timeout(secs(a.common.handshake_timeout, "--handshake-timeout")?);
@@ -441,8 +515,8 @@ fn client_mode(a: &ClientArgs) -> Result<Mode, ConfigFail> {
         let key = pki::private_key_from_file(k).map_err(|e| file_err("--key", e))?;
         b = b.client_cert(chain, key);
     }
-    if !a.crl.is_empty() {
-        b = b.revocation(Revocation::with_crls(load_crls(&a.crl)?));
+    if !crls.is_empty() {
+        b = b.revocation(Revocation::with_named_crls(crls.iter().cloned()));
     }
     if !a.alpn.is_empty() {
         b = b.alpn(&a.alpn);
@@ -463,10 +537,8 @@ fn client_mode(a: &ClientArgs) -> Result<Mode, ConfigFail> {
     }
     let policy = b
         .build(now)
-        .map_err(|e| cert_key_err(a.cert.as_deref(), a.key.as_deref(), e))?;
-    for w in policy.warnings() {
-        warn!("client certificate: {w}");
-    }
+        .map_err(|e| policy_err(&crls, a.cert.as_deref(), a.key.as_deref(), e))?;
+    log_warnings(policy.warnings(), "client certificate");
     Ok(Mode::Originate {
         policy,
         connect,
@@ -610,6 +682,13 @@ fn main() -> ExitCode {
     logging::init(cli.log_format == LogFormat::Json);
     let result = match cli.command {
         Command::Server(a) => {
+            if a.crl_grace > 0 {
+                warn!(
+                    "--crl-grace {}: an expired CRL is still used for {} s after its \
+                     nextUpdate before the clients it covers are refused (fail-open window)",
+                    a.crl_grace, a.crl_grace
+                );
+            }
             let trust = std::sync::Mutex::new(client_trust_inputs(&a));
             server_mode(&a, None).and_then(|mode| {
                 warn_anonymous_clients(&a);
@@ -676,6 +755,7 @@ fn dev_server_args(dir: &Path, d: &DevArgs) -> ServerArgs {
         require_client_cert: true,
         crl: Vec::new(),
         crl_allow_unknown: false,
+        crl_grace: 0,
         allow_uri: Vec::new(),
         allow_cn: Vec::new(),
         allow_dns: Vec::new(),
