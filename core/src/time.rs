@@ -84,15 +84,59 @@ impl From<UnixTime> for Time {
 }
 
 impl fmt::Display for Time {
-    /// `1732406400.123` style: seconds since the epoch with milliseconds.
+    /// RFC 3339 in UTC, as certificates and logs give dates: `2024-11-24T00:00:00Z`, with
+    /// milliseconds when there are any (`2024-11-24T00:00:00.250Z`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:03}", self.0 / 1000, self.0 % 1000)
+        let secs = self.0 / 1000;
+        let millis = self.0 % 1000;
+        let (year, month, day) = civil_from_days(secs / 86_400);
+        let rem = secs % 86_400;
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+            rem / 3600,
+            rem / 60 % 60,
+            rem % 60
+        )?;
+        if millis != 0 {
+            write!(f, ".{millis:03}")?;
+        }
+        f.write_str("Z")
     }
+}
+
+/// The proleptic Gregorian date of a count of days since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, for non-negative day counts).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn displays_as_rfc3339_utc() {
+        let cases = [
+            (0, "1970-01-01T00:00:00Z"),
+            (951_782_400_000, "2000-02-29T00:00:00Z"),
+            (1_700_000_000_250, "2023-11-14T22:13:20.250Z"),
+            (1_735_689_599_000, "2024-12-31T23:59:59Z"),
+            (4_102_444_800_000, "2100-01-01T00:00:00Z"),
+        ];
+        for (millis, text) in cases {
+            assert_eq!(alloc::format!("{}", Time::from_unix_millis(millis)), text);
+        }
+    }
 
     #[test]
     fn seconds_and_millis_round_trip() {

@@ -37,36 +37,11 @@ struct CertDate {
     not_after: u64,
 }
 
-/// One CRL of a file: issuer, `thisUpdate` and `nextUpdate` (unix seconds).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CrlDates {
-    /// Issuer name (RFC 4514).
-    pub issuer: String,
-    /// `thisUpdate`.
-    pub this_update: u64,
-    /// `nextUpdate`, when the CRL has one.
-    pub next_update: Option<u64>,
-}
-
-/// `thisUpdate`/`nextUpdate` of a DER CRL.
-// The core may grow a CRL summary of its own; this reads only the two dates and the issuer.
-fn crl_dates(der: &[u8]) -> Result<CrlDates, String> {
-    use x509_cert::crl::CertificateList;
-    use x509_cert::der::Decode;
-    let crl = CertificateList::from_der(der).map_err(|e| e.to_string())?;
-    let tbs = &crl.tbs_cert_list;
-    Ok(CrlDates {
-        issuer: tbs.issuer.to_string(),
-        this_update: tbs.this_update.to_unix_duration().as_secs(),
-        next_update: tbs.next_update.map(|t| t.to_unix_duration().as_secs()),
-    })
-}
-
 /// What the files of the loaded policy say, read after each successful load.
 #[derive(Clone, Debug, Default)]
 struct Files {
     certs: Vec<CertDate>,
-    crls: Vec<(String, CrlDates)>,
+    crls: Vec<(String, pki::CrlInfo)>,
 }
 
 impl Files {
@@ -95,7 +70,7 @@ impl Files {
             match pki::crls_from_file(p) {
                 Ok(crls) => {
                     for der in crls {
-                        match crl_dates(der.as_ref()) {
+                        match pki::CrlInfo::parse(der.as_ref()) {
                             Ok(d) => f.crls.push((p.display().to_string(), d)),
                             Err(e) => debug!("metrics: {}: {e}", p.display()),
                         }
@@ -399,7 +374,7 @@ impl Collector for Status {
             files.crls.iter().filter_map(|(file, d)| {
                 Some((
                     vec![l("file", file.clone()), l("issuer", d.issuer.clone())],
-                    ConstGauge::new(d.next_update? as i64),
+                    ConstGauge::new(d.next_update?.as_unix_secs() as i64),
                 ))
             }),
         )?;
@@ -410,7 +385,7 @@ impl Collector for Status {
             files.crls.iter().map(|(file, d)| {
                 (
                     vec![l("file", file.clone()), l("issuer", d.issuer.clone())],
-                    ConstGauge::new(d.this_update as i64),
+                    ConstGauge::new(d.this_update.as_unix_secs() as i64),
                 )
             }),
         )?;
@@ -421,7 +396,7 @@ impl Collector for Status {
             files.crls.iter().map(|(file, d)| {
                 (
                     vec![l("file", file.clone()), l("issuer", d.issuer.clone())],
-                    ConstGauge::new(now - d.this_update as i64),
+                    ConstGauge::new(now - d.this_update.as_unix_secs() as i64),
                 )
             }),
         )?;
