@@ -2,8 +2,8 @@
 //! caller-owned fixed buffers.
 //!
 //! Input: `[sizes][mode][rest]`. Sizes bits 0-1 pick the incoming buffer and bits 2-3 the
-//! outgoing buffer from [`SIZES`]; bits 4-5 the size of the scratch buffer bytes are pulled
-//! into (partial drains). Mode bit 0: a server fed a [`Script`] of client bytes; bit 1 set: a
+//! outgoing buffer from [`SIZES`]; bits 4-5 the size of the scratch buffer
+//! [`Tls::transmit_into`] copies into (partial drains). Mode bit 0: a server fed a [`Script`] of client bytes; bit 1 set: a
 //! client fed a script of server bytes; mode 2: an embedded client against a core server,
 //! unmutated.
 //!
@@ -22,7 +22,7 @@ use crate::pki::{self, ClientKind, ServerKind};
 
 /// Incoming and outgoing buffer sizes.
 pub const SIZES: ([usize; 4], [usize; 4]) = ([256, 2048, 8192, 17_000], [128, 1024, 2048, 8192]);
-/// Sizes of the scratch buffer [`Tls::pull`] copies into.
+/// Sizes of the scratch buffer [`Tls::transmit_into`] copies into.
 const PULL: [usize; 4] = [1, 7, 512, 65_536];
 
 type Boxed = Box<[u8]>;
@@ -53,7 +53,7 @@ impl Checked2 {
 
     fn process(&mut self, now: Time) {
         let terminal = self.tls.is_terminal();
-        let before = self.tls.pending().len();
+        let before = self.tls.transmit().len();
         let (mut est, mut closed, mut data, mut events) =
             (self.established, self.peer_closed, 0usize, 0usize);
         let r = self.tls.process(now, |ev| {
@@ -77,7 +77,7 @@ impl Checked2 {
         if terminal {
             assert_eq!(events, 0, "events from a terminal adapter");
             assert_eq!(
-                self.tls.pending().len(),
+                self.tls.transmit().len(),
                 before,
                 "a terminal adapter queued bytes"
             );
@@ -88,7 +88,7 @@ impl Checked2 {
             if !terminal {
                 match &e {
                     Error::Tls(t) => {
-                        check_error(t, &self.tls.pending()[before..], self.tls.buffer_sizes().1)
+                        check_error(t, &self.tls.transmit()[before..], self.tls.buffer_sizes().1)
                     }
                     Error::BufferTooSmall {
                         required, capacity, ..
@@ -105,14 +105,14 @@ impl Checked2 {
 
     fn drain(&mut self) {
         let mut scratch = vec![0u8; self.pull];
-        for _ in 0..=self.tls.pending().len() {
-            let n = self.tls.pull(&mut scratch);
+        for _ in 0..=self.tls.transmit().len() {
+            let n = self.tls.transmit_into(&mut scratch);
             if n == 0 {
                 break;
             }
             self.sent.extend_from_slice(&scratch[..n]);
         }
-        assert!(self.tls.pending().is_empty());
+        assert!(self.tls.transmit().is_empty());
     }
 
     fn feed(&mut self, mut bytes: &[u8], now: Time) {
@@ -120,7 +120,7 @@ impl Checked2 {
             if bytes.is_empty() {
                 break;
             }
-            let n = self.tls.push(bytes);
+            let n = self.tls.receive(bytes);
             bytes = &bytes[n..];
             self.process(now);
             if n == 0 {
@@ -147,7 +147,7 @@ impl Checked2 {
                     now = Time::from_unix_millis(now.as_unix_millis().saturating_sub(ms))
                 }
                 Op::Eof => {
-                    let _ = self.tls.push_eof();
+                    let _ = self.tls.received_eof();
                 }
             }
             self.process(now);

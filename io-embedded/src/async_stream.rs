@@ -58,16 +58,16 @@ impl<T: Read + Write, B: AsMut<[u8]> + AsRef<[u8]>, C: Clock> AsyncTlsStream<T, 
     }
 
     async fn flush_tls(&mut self) -> Result<(), Error<T::Error>> {
-        while !self.core.tls.pending().is_empty() {
+        while !self.core.tls.transmit().is_empty() {
             let n = self
                 .io
-                .write(self.core.tls.pending())
+                .write(self.core.tls.transmit())
                 .await
                 .map_err(Error::Transport)?;
             if n == 0 {
                 return Err(Error::WriteZero);
             }
-            self.core.tls.sent(n);
+            self.core.tls.transmitted(n);
         }
         Ok(())
     }

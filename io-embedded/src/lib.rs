@@ -6,8 +6,9 @@
 //!
 //! Two ways to drive a session, both over **caller-owned fixed buffers** that never grow:
 //!
-//! - [`Tls`], pure buffer mode for devices with their own event loop: push received bytes in,
-//!   pull bytes to send out, no transport trait at all;
+//! - [`Tls`], pure buffer mode for devices with their own event loop, with the core's run-loop
+//!   names (`receive`, `process`, `transmit`, `transmitted`, `received_eof`): received bytes in,
+//!   bytes to send out, no transport trait at all;
 //! - [`TlsStream`], a blocking stream over an [`embedded_io`] `Read + Write` transport (a TCP
 //!   socket of the device's network stack, a UART, a modem), itself `embedded_io::Read +
 //!   Write` so that an HTTP client can sit on top; [`AsyncTlsStream`] is the same over an
@@ -34,11 +35,11 @@
 //! // The device's event loop moves bytes (here: directly between the two).
 //! for _ in 0..10 {
 //!     client.process(now, |_| {})?;
-//!     let n = server.push(client.pending());
-//!     client.sent(n);
+//!     let n = server.receive(client.transmit());
+//!     client.transmitted(n);
 //!     server.process(now, |_| {})?;
-//!     let n = client.push(server.pending());
-//!     server.sent(n);
+//!     let n = client.receive(server.transmit());
+//!     server.transmitted(n);
 //! }
 //! assert!(client.is_established() && server.is_established());
 //! # Ok::<(), Box<dyn std::error::Error>>(())

@@ -61,7 +61,7 @@ impl<B: AsMut<[u8]> + AsRef<[u8]>, C: Clock> Core<B, C> {
 
     /// The transport ended: fine after the peer's `close_notify`, an error otherwise.
     pub(crate) fn on_eof(&mut self) -> Result<(), Error> {
-        self.tls.push_eof()?;
+        self.tls.received_eof()?;
         self.peer_closed = true;
         Ok(())
     }
@@ -220,15 +220,15 @@ impl<T: Read + Write, B: AsMut<[u8]> + AsRef<[u8]>, C: Clock> TlsStream<T, B, C>
 
     /// Write everything the session holds for the peer to the transport.
     fn flush_tls(&mut self) -> Result<(), Error<T::Error>> {
-        while !self.core.tls.pending().is_empty() {
+        while !self.core.tls.transmit().is_empty() {
             let n = self
                 .io
-                .write(self.core.tls.pending())
+                .write(self.core.tls.transmit())
                 .map_err(Error::Transport)?;
             if n == 0 {
                 return Err(Error::WriteZero);
             }
-            self.core.tls.sent(n);
+            self.core.tls.transmitted(n);
         }
         Ok(())
     }

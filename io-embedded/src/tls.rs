@@ -1,4 +1,4 @@
-//! Pure buffer mode: push received bytes in, pull bytes to send out, over caller-owned fixed
+//! Pure buffer mode: received bytes in, bytes to send out, over caller-owned fixed
 //! buffers. No transport, no clock, no allocation of our own.
 
 use onerecord_tls::buffer::Fixed;
@@ -81,19 +81,20 @@ impl Framer {
     }
 }
 
-/// One TLS session over two caller-owned fixed buffers, driven by pushing and pulling bytes.
+/// One TLS session over two caller-owned fixed buffers, driven like the core's `Session`:
+/// the same run-loop names (`receive`, `process`, `transmit`, `transmitted`, `received_eof`).
 ///
 /// `B` is any byte storage that never grows: `&mut [u8]`, `[u8; N]`, or a boxed slice.
 ///
 /// # Run loop
 ///
-/// 1. Received bytes: [`Tls::push`] (or [`Tls::receive_buffer`] + [`Tls::received`]);
-///    end of stream: [`Tls::push_eof`].
+/// 1. Received bytes: [`Tls::receive`] (or [`Tls::receive_buffer`] + [`Tls::received`]);
+///    end of stream: [`Tls::received_eof`].
 /// 2. After every input (and after [`Tls::send`], [`Tls::close`], a timer), call
 ///    [`Tls::process`]; it reports `Established` (before any data), `Data`, `PeerClosed`,
 ///    `Closed`.
-/// 3. Send [`Tls::pending`] and acknowledge with [`Tls::sent`] (or copy out with
-///    [`Tls::pull`]). Do this after a failed `process` too: it holds the alert.
+/// 3. Send [`Tls::transmit`] and acknowledge with [`Tls::transmitted`] (or copy out with
+///    [`Tls::transmit_into`]). Do this after a failed `process` too: it holds the alert.
 ///
 /// A buffer that is too small ends the session with [`Error::BufferTooSmall`] naming the
 /// buffer and the size required; nothing panics and nothing stalls.
@@ -179,7 +180,7 @@ impl<B: AsMut<[u8]> + AsRef<[u8]>> Tls<B> {
 
     /// Copy received bytes in. Returns how many fit; offer the rest again after
     /// [`Tls::process`].
-    pub fn push(&mut self, data: &[u8]) -> usize {
+    pub fn receive(&mut self, data: &[u8]) -> usize {
         let buf = self.session.receive_buffer();
         let n = buf.len().min(data.len());
         buf[..n].copy_from_slice(&data[..n]);
@@ -189,7 +190,7 @@ impl<B: AsMut<[u8]> + AsRef<[u8]>> Tls<B> {
 
     /// The transport reached end of stream: `Ok` after a clean close, otherwise the session
     /// fails (truncation is never silent).
-    pub fn push_eof(&mut self) -> Result<(), Error> {
+    pub fn received_eof(&mut self) -> Result<(), Error> {
         self.session.received_eof().map_err(Error::Tls)
     }
 
@@ -247,17 +248,17 @@ impl<B: AsMut<[u8]> + AsRef<[u8]>> Tls<B> {
     }
 
     /// Bytes to send to the peer (handshake flights, records, alerts).
-    pub fn pending(&self) -> &[u8] {
+    pub fn transmit(&self) -> &[u8] {
         self.session.transmit()
     }
 
-    /// `n` bytes of [`Tls::pending`] were sent.
-    pub fn sent(&mut self, n: usize) {
+    /// `n` bytes of [`Tls::transmit`] were sent.
+    pub fn transmitted(&mut self, n: usize) {
         self.session.transmitted(n);
     }
 
     /// Copy bytes to send into `out`, marking them sent. Returns how many.
-    pub fn pull(&mut self, out: &mut [u8]) -> usize {
+    pub fn transmit_into(&mut self, out: &mut [u8]) -> usize {
         let pending = self.session.transmit();
         let n = pending.len().min(out.len());
         out[..n].copy_from_slice(&pending[..n]);
@@ -267,7 +268,7 @@ impl<B: AsMut<[u8]> + AsRef<[u8]>> Tls<B> {
 
     /// Encrypt application data (at most [`Tls::write_cap`] bytes per record). Returns the
     /// bytes accepted: fewer than `data.len()` when the outgoing buffer is full (send
-    /// [`Tls::pending`], then the rest). An outgoing buffer that cannot hold even a one-byte
+    /// [`Tls::transmit`], then the rest). An outgoing buffer that cannot hold even a one-byte
     /// record is [`Error::BufferTooSmall`].
     pub fn send(&mut self, data: &[u8]) -> Result<usize, Error> {
         if let Some(e) = &self.failed {
@@ -285,7 +286,7 @@ impl<B: AsMut<[u8]> + AsRef<[u8]>> Tls<B> {
         Ok(done)
     }
 
-    /// Queue `close_notify` (then send [`Tls::pending`]).
+    /// Queue `close_notify` (then send [`Tls::transmit`]).
     pub fn close(&mut self) {
         self.session.close();
     }

@@ -42,10 +42,10 @@ impl Peers {
         let mut server = Session::server(&self.server, now);
         for _ in 0..50 {
             client.process(now, |_| {})?;
-            let n = server.receive(client.pending());
-            client.sent(n);
+            let n = server.receive(client.transmit());
+            client.transmitted(n);
             server.process(now, |_| {}).expect("server side");
-            let n = client.push(server.transmit());
+            let n = client.receive(server.transmit());
             server.transmitted(n);
             if client.is_established() && server.is_established() {
                 assert!(self.pki.client.serial > 0);
@@ -168,14 +168,14 @@ fn feed(tls: &mut Tls<&mut [u8]>, input: &[u8], now: Time, rng: &mut Rng) {
             break;
         }
         let chunk = 1 + rng.below(rest.len().min(3000));
-        let n = tls.push(&rest[..chunk]);
+        let n = tls.receive(&rest[..chunk]);
         rest = &rest[n..];
         if tls.process(now, |_| {}).is_err() {
             assert!(tls.is_terminal());
             break;
         }
-        let n = tls.pending().len();
-        tls.sent(n);
+        let n = tls.transmit().len();
+        tls.transmitted(n);
     }
 }
 
@@ -192,7 +192,7 @@ fn garbage_and_corrupted_flights_never_panic() {
             Tls::client(&peers.client, "localhost", now, &mut ci[..], &mut co[..]).expect("c");
         let mut server = Session::server(&peers.server, now);
         client.process(now, |_| {}).expect("hello");
-        server.receive(client.pending());
+        server.receive(client.transmit());
         server.process(now, |_| {}).expect("server flight");
         server.transmit().to_vec()
     };
@@ -231,7 +231,7 @@ fn garbage_and_corrupted_flights_never_panic() {
         let mut client =
             Tls::client(&peers.client, "localhost", now, &mut a[..], &mut b[..]).expect("c");
         client.process(now, |_| {}).expect("hello");
-        client.sent(client.pending().len());
+        client.transmitted(client.transmit().len());
         feed(&mut client, &input, now, &mut rng);
         if round % 4 >= 2 {
             assert!(

@@ -77,10 +77,10 @@ fn data_path_heap_is_one_capped_record_on_send_and_one_plaintext_record_on_recei
     let mut server = Session::server(&pki.server_policies(), now);
     for _ in 0..20 {
         client.process(now, |_| {}).expect("client");
-        let n = server.receive(client.pending());
-        client.sent(n);
+        let n = server.receive(client.transmit());
+        client.transmitted(n);
         server.process(now, |_| {}).expect("server");
-        let n = client.push(server.transmit());
+        let n = client.receive(server.transmit());
         server.transmitted(n);
     }
     assert!(client.is_established() && server.is_established());
@@ -98,8 +98,8 @@ fn data_path_heap_is_one_capped_record_on_send_and_one_plaintext_record_on_recei
         peak >= 1024,
         "rustls does allocate a record-sized buffer: {peak} B"
     );
-    let n = server.receive(client.pending());
-    client.sent(n);
+    let n = server.receive(client.transmit());
+    client.transmitted(n);
 
     // Receiving a full 16 KiB record.
     let sent = server.send(&vec![9u8; MAX_PLAINTEXT]).expect("server send");
@@ -111,7 +111,7 @@ fn data_path_heap_is_one_capped_record_on_send_and_one_plaintext_record_on_recei
     );
     let mut got = 0usize;
     let (_, peak) = peak_of(|| {
-        let n = client.push(server.transmit());
+        let n = client.receive(server.transmit());
         assert_eq!(n, server.transmit().len(), "the record fits MIN_INCOMING");
         client
             .process(now, |ev| {

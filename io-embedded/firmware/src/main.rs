@@ -231,8 +231,8 @@ fn buffer_mode(
             check(n == request.len(), "client send accepted everything");
             sent_request = true;
         }
-        let n = server.push(client.pending());
-        client.sent(n);
+        let n = server.receive(client.transmit());
+        client.transmitted(n);
         let r = rep.server.step(Role::Server, || {
             server.process(now, |ev| {
                 if let Event::Data(d) = ev {
@@ -253,8 +253,8 @@ fn buffer_mode(
             check(n == reply.len(), "server send accepted everything");
             answered = true;
         }
-        let n = client.push(server.pending());
-        server.sent(n);
+        let n = client.receive(server.transmit());
+        server.transmitted(n);
         if answered && client_got.ends_with(b"{}") {
             break;
         }
@@ -317,7 +317,7 @@ impl embedded_io::ErrorType for Link<'_> {
 
 impl embedded_io::Write for Link<'_> {
     fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
-        let n = self.server.push(buf);
+        let n = self.server.receive(buf);
         let now = self.clock.now();
         let server = &mut self.server;
         let mut echo: Vec<u8> = Vec::new();
@@ -342,10 +342,10 @@ impl embedded_io::Write for Link<'_> {
 
 impl embedded_io::Read for Link<'_> {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
-        if self.server.pending().is_empty() {
+        if self.server.transmit().is_empty() {
             self.send_backlog()?;
         }
-        let n = self.server.pull(buf);
+        let n = self.server.transmit_into(buf);
         if n == 0 {
             // The server has nothing to say: a real socket would block forever here.
             return Err(embedded_io::ErrorKind::TimedOut);

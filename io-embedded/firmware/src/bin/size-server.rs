@@ -53,13 +53,13 @@ extern "C" fn fw_main() -> ! {
         if tls.process(now, |_| {}).is_err() {
             rt::exit(1);
         }
-        rt::uart_write(tls.pending());
-        tls.sent(tls.pending().len());
+        rt::uart_write(tls.transmit());
+        tls.transmitted(tls.transmit().len());
         let n = rt::uart_read(&mut chunk);
         if n == 0 {
             break;
         }
-        tls.push(&chunk[..n]);
+        tls.receive(&chunk[..n]);
     }
     rt::exit(0)
 }
