@@ -1,15 +1,11 @@
 //! Fuzz targets for onerecord-tls: every place peer bytes enter.
 //!
-//! The target bodies live here as plain functions ([`targets`]) so that a crash found by
-//! libFuzzer replays as a normal test (`tests/tests/fuzz_regressions.rs` includes these
-//! modules). [`pki`] is a deterministic test PKI shared by the targets and the seed
-//! generator, [`drive`] the checked session and the stream driver, [`pair`] the
-//! structure-aware client/server exchange with in-flight mutations, [`embedded`] the
-//! target of the embedded adapter (not included by the regression tests, whose crate does
-//! not depend on it).
+//! The target bodies live in the test kit (`onerecord-tls-tests`, module `fuzz`) as plain
+//! functions, so that a crash found by libFuzzer replays as a normal test
+//! (`tests/tests/fuzz_regressions.rs`); they are re-exported here under the paths the targets
+//! and the seed generator use. [`embedded`] is the target of the embedded adapter (here: the
+//! kit does not depend on the adapters).
 
-pub mod drive;
+pub use onerecord_tls_tests::fuzz::{drive, pair, pki, targets};
+
 pub mod embedded;
-pub mod pair;
-pub mod pki;
-pub mod targets;

@@ -1,24 +1,15 @@
-//! Every crash the fuzz targets in `fuzz/` found, replayed through the same target code
-//! (the `fuzz/src/` modules are included here as they are), plus one run of each target over
-//! the seed inputs the corpus generator records, so the normal test suite catches a
-//! regression without the nightly toolchain.
+//! Every crash the fuzz targets in `fuzz/` found, replayed through the same target code (the
+//! test kit's [`onerecord_tls_tests::fuzz`] modules, which the fuzz crate runs), plus one run
+//! of each target over the seed inputs the corpus generator records, so the normal test suite
+//! catches a regression without the nightly toolchain.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../fuzz/src/drive.rs"]
-mod drive;
-#[path = "../../fuzz/src/pair.rs"]
-mod pair;
-#[path = "../../fuzz/src/pki.rs"]
-mod pki;
-#[path = "../../fuzz/src/targets.rs"]
-mod targets;
-
 use onerecord_tls::{Alert, Reason, Session};
-
-use crate::drive::{Checked, Op, Script};
-use crate::pair::{Action, Mutation, Scenario};
-use crate::pki::{ClientKind, ServerKind};
+use onerecord_tls_tests::fuzz::drive::{self, Checked, Op, Script};
+use onerecord_tls_tests::fuzz::pair::{self, Action, Mutation, Scenario};
+use onerecord_tls_tests::fuzz::pki::{self, ClientKind, ServerKind};
+use onerecord_tls_tests::fuzz::targets;
 
 /// fixed_buffers, crash-3f55f8ec: a TLS 1.3 mTLS handshake into a 512-byte fixed incoming
 /// buffer. The client certificate flight does not fit; the session failed with

@@ -2,7 +2,7 @@
 //! mutated in flight (bit flips, truncation, drops, duplicates, reordering, replays, byte
 //! overwrites, benign splits) according to the fuzz input.
 //!
-//! Differential properties, beyond the per-session invariants of [`crate::drive`]:
+//! Differential properties, beyond the per-session invariants of [`crate::fuzz::drive`]:
 //! - application data that arrives is exactly a prefix of what the other side sent (a
 //!   mutated record is never accepted as data);
 //! - when both sides are established they agree on version, suite and resumption, and each
@@ -15,8 +15,8 @@
 use onerecord_tls::buffer::Storage;
 use onerecord_tls::{Alert, ClientPolicy, Reason, Session, Time};
 
-use crate::drive::{Checked, GROWABLE_LIMITS};
-use crate::pki::{self, ClientKind, ServerKind};
+use crate::fuzz::drive::{Checked, GROWABLE_LIMITS};
+use crate::fuzz::pki::{self, ClientKind, ServerKind};
 
 /// What the client sends once established.
 pub const REQUEST: &[u8] = b"GET /logistics-objects/awb-020-12345678 HTTP/1.1\r\n\r\n";

@@ -12,9 +12,9 @@ use onerecord_tls::{
     Session, Sha256, TicketKeys, TrustStore,
 };
 
-use crate::drive::{Checked, GROWABLE_LIMITS, Script, run_script};
-use crate::pair::{self, Mutation, Scenario};
-use crate::pki::{self, ClientKind, ServerKind};
+use crate::fuzz::drive::{Checked, GROWABLE_LIMITS, Script, run_script};
+use crate::fuzz::pair::{self, Mutation, Scenario};
+use crate::fuzz::pki::{self, ClientKind, ServerKind};
 
 /// (a) The server fed arbitrary client bytes, split at arbitrary points, with clock jumps.
 /// Input: a [`Script`] whose config byte selects the [`ServerKind`] (with and without mTLS).
