@@ -8,8 +8,7 @@
 //! in-memory transfer between the two is charged to the receiver (the copy a `read` does).
 
 use std::io::{Read, Write};
-use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use onerecord_tls::pki::{Certificate, PrivateKey};
@@ -24,59 +23,9 @@ use rustls::crypto::ring as ring_provider;
 /// handshake needs 4 turns per side; the bound only stops a broken driver).
 const MAX_TURNS: usize = 16;
 
-/// Key type of the server certificate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ServerKey {
-    /// ECDSA P-256.
-    EcdsaP256,
-    /// RSA 2048 (made by the `openssl` command: ring cannot generate RSA keys).
-    Rsa2048,
-    /// Ed25519.
-    Ed25519,
-}
-
-impl ServerKey {
-    /// Every key type, in report order.
-    pub const ALL: [ServerKey; 3] = [Self::EcdsaP256, Self::Rsa2048, Self::Ed25519];
-
-    /// Short name used in benchmark ids.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::EcdsaP256 => "ecdsa",
-            Self::Rsa2048 => "rsa",
-            Self::Ed25519 => "ed25519",
-        }
-    }
-
-    /// A fresh key pair of this type.
-    pub fn generate(self) -> KeyPair {
-        match self {
-            Self::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
-            Self::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519),
-            Self::Rsa2048 => KeyPair::from_pem(rsa_pem()),
-        }
-        .expect("server key")
-    }
-}
-
-/// One RSA-2048 PKCS#8 key per process, from `openssl genpkey`.
-fn rsa_pem() -> &'static str {
-    static KEY: OnceLock<String> = OnceLock::new();
-    KEY.get_or_init(|| {
-        let out = Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-            ])
-            .output()
-            .expect("the openssl command is needed for the RSA scenarios");
-        assert!(out.status.success(), "openssl genpkey failed");
-        String::from_utf8(out.stdout).expect("pem")
-    })
-}
+/// Key type of the server certificate: the test kit's key kinds (ECDSA P-256, RSA 2048 made by
+/// the `openssl` command, one key per process, Ed25519).
+pub use onerecord_tls_tests::KeyKind as ServerKey;
 
 /// How the handshake of a scenario runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,6 +129,11 @@ pub struct Pki {
 
 impl Pki {
     /// A CA, a `localhost` server certificate with `key`, and an ECDSA client certificate.
+    ///
+    /// The certificates keep rcgen's minimal defaults, not the fuller ones the kit's
+    /// [`onerecord_tls_tests::Ca`] issues (names, key usages, authority key identifier):
+    /// those cost about 1% more instructions per handshake, and the instruction counts of
+    /// `scripts/callgrind.sh` are compared with earlier measurements.
     pub fn new(key: ServerKey) -> Self {
         let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
         ca.distinguished_name.push(DnType::CommonName, "bench CA");

@@ -46,6 +46,18 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
+    /// Every kind, in report order (the benchmarks' order).
+    pub const ALL: [Self; 3] = [Self::EcdsaP256, Self::Rsa2048, Self::Ed25519];
+
+    /// Short name, as in benchmark ids: `ecdsa`, `rsa`, `ed25519`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::EcdsaP256 => "ecdsa",
+            Self::Rsa2048 => "rsa",
+            Self::Ed25519 => "ed25519",
+        }
+    }
+
     /// A fresh key of this kind.
     pub fn generate(self) -> KeyPair {
         match self {
