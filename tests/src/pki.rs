@@ -94,8 +94,10 @@ pub struct Identity {
     pub chain: Vec<Certificate<'static>>,
     /// PKCS#8 key.
     pub key_der: Vec<u8>,
-    /// PEM of the chain.
+    /// PEM of the chain (leaf first, then intermediates).
     pub chain_pem: String,
+    /// PEM of the leaf alone.
+    pub leaf_pem: String,
     /// PEM of the key.
     pub key_pem: String,
     /// Serial of the leaf.
@@ -178,15 +180,46 @@ impl LeafSpec {
     }
 }
 
-/// A test certificate authority.
+/// A test certificate authority: a root, or an intermediate under one ([`Ca::intermediate`]),
+/// whose leaves then carry the intermediates in their chain.
 pub struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
+    /// The intermediates from this CA up to the root (this CA first, root excluded), with
+    /// their PEM: empty for a root.
+    intermediates: Vec<(Certificate<'static>, String)>,
     next_serial: std::cell::Cell<u64>,
 }
 
 impl Ca {
     /// A new self-signed ECDSA P-256 CA named `name`.
     pub fn new(name: &str) -> Self {
+        let params = Self::params(name);
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("ca key");
+        let issuer = CertifiedIssuer::self_signed(params, key).expect("ca cert");
+        Self {
+            issuer,
+            intermediates: Vec::new(),
+            next_serial: std::cell::Cell::new(1000),
+        }
+    }
+
+    /// An intermediate CA named `name` issued by this one (ECDSA P-256, with an authority key
+    /// identifier). Its leaves' chains hold it and the intermediates above it.
+    pub fn intermediate(&self, name: &str) -> Self {
+        let mut params = Self::params(name);
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("ca key");
+        let issuer = CertifiedIssuer::signed_by(params, key, self.issuer()).expect("ca cert");
+        let mut intermediates = vec![(issuer.der().clone(), issuer.pem())];
+        intermediates.extend(self.intermediates.iter().cloned());
+        Self {
+            issuer,
+            intermediates,
+            next_serial: std::cell::Cell::new(1000),
+        }
+    }
+
+    fn params(name: &str) -> CertificateParams {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.distinguished_name.push(DnType::CommonName, name);
         params
@@ -200,12 +233,7 @@ impl Ca {
         ];
         params.not_before = odt(NOW_SECS - 365 * DAY);
         params.not_after = odt(NOW_SECS + 3650 * DAY);
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("ca key");
-        let issuer = CertifiedIssuer::self_signed(params, key).expect("ca cert");
-        Self {
-            issuer,
-            next_serial: std::cell::Cell::new(1000),
-        }
+        params
     }
 
     /// The CA certificate, PEM.
@@ -216,6 +244,15 @@ impl Ca {
     /// The CA certificate, DER.
     pub fn der(&self) -> Certificate<'static> {
         self.issuer.der().clone()
+    }
+
+    /// The intermediates from this CA up to the root (this CA first, root excluded), PEM:
+    /// empty for a root.
+    pub fn intermediates_pem(&self) -> String {
+        self.intermediates
+            .iter()
+            .map(|(_, pem)| pem.as_str())
+            .collect()
     }
 
     /// A trust store holding only this CA.
@@ -263,10 +300,13 @@ impl Ca {
         }];
         let key = spec.key.generate();
         let cert = params.signed_by(&key, self.issuer()).expect("leaf");
+        let mut chain = vec![cert.der().clone()];
+        chain.extend(self.intermediates.iter().map(|(der, _)| der.clone()));
         Identity {
-            chain: vec![cert.der().clone()],
+            chain,
             key_der: key.serialize_der(),
-            chain_pem: cert.pem(),
+            chain_pem: cert.pem() + &self.intermediates_pem(),
+            leaf_pem: cert.pem(),
             key_pem: key.serialize_pem(),
             serial,
         }

@@ -10,10 +10,7 @@ use std::time::{Duration, Instant};
 
 use onerecord_tls::pki::{self, Certificate};
 use onerecord_tls::{ClientPolicy, Error, Event, Reason, Session, Time, TrustStore, Versions};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-    SanType,
-};
+use onerecord_tls_tests::{Ca, LeafSpec};
 
 use crate::common::{Gateway, Pki};
 
@@ -474,51 +471,22 @@ pub fn records(mut bytes: &[u8]) -> Vec<Vec<u8>> {
 /// `dir` as `<name>-root.pem` (the anchor), `<name>.pem` (leaf, then intermediates from the
 /// leaf up), `<name>-leaf.pem`, `<name>-chain.pem` (the intermediates) and `<name>.key`.
 pub fn deep_chain(dir: &std::path::Path, name: &str, depth: usize) {
-    let ca_params = |cn: String| {
-        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        p.use_authority_key_identifier_extension = true;
-        let w = onerecord_tls_tests::wall_secs() as i64;
-        p.not_before = time::OffsetDateTime::from_unix_timestamp(w - 86_400).expect("time");
-        p.not_after = time::OffsetDateTime::from_unix_timestamp(w + 30 * 86_400).expect("time");
-        p
-    };
-    let new_key = || KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let root =
-        CertifiedIssuer::self_signed(ca_params(format!("{name} root")), new_key()).expect("root");
+    let root = Ca::new(&format!("{name} root"));
     std::fs::write(dir.join(format!("{name}-root.pem")), root.pem()).expect("write");
-    let mut issuers = vec![root];
+    let mut ca = root;
     for i in 0..depth {
-        let params = ca_params(format!("{name} intermediate {i}"));
-        let parent = issuers.last().expect("parent");
-        let int = CertifiedIssuer::signed_by(params, new_key(), &**parent).expect("intermediate");
-        issuers.push(int);
+        ca = ca.intermediate(&format!("{name} intermediate {i}"));
     }
-    let mut leaf = ca_params(format!("{name} leaf"));
-    leaf.is_ca = IsCa::ExplicitNoCa;
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    leaf.subject_alt_names = vec![SanType::URI(
-        format!("https://onerecord.example/logistics-agents/{name}")
-            .try_into()
-            .expect("uri"),
-    )];
-    let key = new_key();
-    let cert = leaf
-        .signed_by(&key, &**issuers.last().expect("issuer"))
-        .expect("leaf");
-    let mut chain = String::new();
-    for int in issuers.iter().skip(1).rev() {
-        chain.push_str(&int.pem());
-    }
-    std::fs::write(dir.join(format!("{name}-leaf.pem")), cert.pem()).expect("write");
-    std::fs::write(dir.join(format!("{name}-chain.pem")), &chain).expect("write");
-    std::fs::write(dir.join(format!("{name}.pem")), cert.pem() + &chain).expect("write");
-    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write");
+    let leaf = ca.issue(&LeafSpec {
+        cn: format!("{name} leaf"),
+        ..LeafSpec::client(name).around_wall_clock()
+    });
+    std::fs::write(dir.join(format!("{name}-leaf.pem")), &leaf.leaf_pem).expect("write");
+    std::fs::write(
+        dir.join(format!("{name}-chain.pem")),
+        ca.intermediates_pem(),
+    )
+    .expect("write");
+    std::fs::write(dir.join(format!("{name}.pem")), &leaf.chain_pem).expect("write");
+    std::fs::write(dir.join(format!("{name}.key")), &leaf.key_pem).expect("write");
 }
