@@ -109,6 +109,13 @@ impl Identity {
     pub fn key(&self) -> PrivateKey<'static> {
         PrivateKey::Pkcs8(self.key_der.clone().into())
     }
+
+    /// Write the chain as `<name>.pem` and the key as `<name>.key` into `dir` (for the
+    /// binaries and real peers, which read files).
+    pub fn write_files(&self, dir: &std::path::Path, name: &str) {
+        std::fs::write(dir.join(format!("{name}.pem")), &self.chain_pem).expect("write chain");
+        std::fs::write(dir.join(format!("{name}.key")), &self.key_pem).expect("write key");
+    }
 }
 
 /// What a leaf certificate should say.

@@ -95,10 +95,8 @@ impl Pki {
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
-        std::fs::write(dir.join("server.pem"), &server.chain_pem).expect("write");
-        std::fs::write(dir.join("server.key"), &server.key_pem).expect("write");
-        std::fs::write(dir.join("client.pem"), &client.chain_pem).expect("write");
-        std::fs::write(dir.join("client.key"), &client.key_pem).expect("write");
+        server.write_files(&dir, "server");
+        client.write_files(&dir, "client");
         Self {
             ca,
             server,

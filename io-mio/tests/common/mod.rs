@@ -47,8 +47,7 @@ impl Pki {
             ("revoked", &revoked),
             ("stranger", &stranger),
         ] {
-            std::fs::write(p.join(format!("{name}.pem")), &id.chain_pem).unwrap();
-            std::fs::write(p.join(format!("{name}.key")), &id.key_pem).unwrap();
+            id.write_files(p, name);
         }
         std::fs::write(p.join("crl.der"), crl.as_ref()).unwrap();
         Self {
@@ -67,8 +66,7 @@ impl Pki {
     /// Issue another server certificate (for reload tests) and write it as `name`.pem/.key.
     pub fn write_server(&self, name: &str) -> Identity {
         let id = self.ca.issue(&LeafSpec::server().around_wall_clock());
-        std::fs::write(self.dir.path().join(format!("{name}.pem")), &id.chain_pem).unwrap();
-        std::fs::write(self.dir.path().join(format!("{name}.key")), &id.key_pem).unwrap();
+        id.write_files(self.dir.path(), name);
         id
     }
 }
