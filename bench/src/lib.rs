@@ -6,6 +6,11 @@
 //! Each side's work is what that side would do with a socket: create its connection, copy
 //! the peer's bytes in, process them, hand its own bytes out, drop the connection. The
 //! in-memory transfer between the two is charged to the receiver (the copy a `read` does).
+//!
+//! These drivers are instruments: every step is one side's work, wrapped by the meter, and
+//! nothing else (no event is recorded). The fixtures they build on come from the test kit
+//! (`onerecord-tls-tests`: the key kinds), and a plain in-memory pair for tests is the kit's
+//! `Pair`.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -574,16 +579,6 @@ pub fn engine_handshake_metered(case: &EngineCase, m: &mut impl Meter) -> bool {
     resumed
 }
 
-/// One engine handshake in memory; returns whether it resumed.
-pub fn engine_handshake(server: &ServerPolicies, client: &ClientPolicy, now: Time) -> bool {
-    let case = EngineCase {
-        server: server.clone(),
-        client: client.clone(),
-        now,
-    };
-    engine_handshake_metered(&case, &mut Unmetered)
-}
-
 /// Move all of `from` into `conn` with `read_tls`, processing after each read (rustls reads
 /// at most a few KiB per call and refuses more while plaintext is unread). Returns the
 /// plaintext bytes read (into `scratch`, then dropped).
@@ -660,18 +655,6 @@ pub fn rustls_handshake_metered(case: &RustlsCase, m: &mut impl Meter) -> bool {
     m.server(|| drop(s));
     m.client(|| drop(c));
     resumed
-}
-
-/// One bare rustls (buffered API) handshake in memory; returns whether it resumed.
-pub fn rustls_handshake(
-    server: &Arc<rustls::ServerConfig>,
-    client: &Arc<rustls::ClientConfig>,
-) -> bool {
-    let case = RustlsCase {
-        server: server.clone(),
-        client: client.clone(),
-    };
-    rustls_handshake_metered(&case, &mut Unmetered)
 }
 
 /// An established engine connection in memory, for application-data benchmarks.
