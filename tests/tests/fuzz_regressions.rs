@@ -3,7 +3,7 @@
 //! of each target over the seed inputs the corpus generator records, so the normal test suite
 //! catches a regression without the nightly toolchain.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use onerecord_tls::{Alert, Reason, Session};
 use onerecord_tls_tests::fuzz::drive::{self, Checked, Op, Script};
