@@ -14,7 +14,7 @@ use onerecord_tls::buffer::{DEFAULT_MAX_INCOMING, DEFAULT_MAX_OUTGOING, Storage}
 use onerecord_tls::{Error, Event, Reason, Session, Time};
 
 /// Application data kept per session (more is counted but not stored).
-const DATA_CAP: usize = 1 << 20;
+pub const DATA_CAP: usize = 1 << 20;
 
 /// Observed state of a session, updated from its events.
 #[derive(Debug, Default)]
