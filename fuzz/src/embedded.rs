@@ -23,7 +23,7 @@ use crate::pki::{self, ClientKind, ServerKind};
 /// Incoming and outgoing buffer sizes.
 pub const SIZES: ([usize; 4], [usize; 4]) = ([256, 2048, 8192, 17_000], [128, 1024, 2048, 8192]);
 /// Sizes of the scratch buffer [`Tls::transmit_into`] copies into.
-const PULL: [usize; 4] = [1, 7, 512, 65_536];
+const DRAIN: [usize; 4] = [1, 7, 512, 65_536];
 
 type Boxed = Box<[u8]>;
 
@@ -34,19 +34,19 @@ struct Checked2 {
     peer_closed: bool,
     data: usize,
     error: Option<Error>,
-    pull: usize,
+    drain: usize,
     sent: Vec<u8>,
 }
 
 impl Checked2 {
-    fn new(tls: Tls<Boxed>, pull: usize) -> Self {
+    fn new(tls: Tls<Boxed>, drain: usize) -> Self {
         Self {
             tls,
             established: false,
             peer_closed: false,
             data: 0,
             error: None,
-            pull,
+            drain,
             sent: Vec::new(),
         }
     }
@@ -104,7 +104,7 @@ impl Checked2 {
     }
 
     fn drain(&mut self) {
-        let mut scratch = vec![0u8; self.pull];
+        let mut scratch = vec![0u8; self.drain];
         for _ in 0..=self.tls.transmit().len() {
             let n = self.tls.transmit_into(&mut scratch);
             if n == 0 {
@@ -161,11 +161,11 @@ fn boxed(n: usize) -> Boxed {
 }
 
 /// An embedded client (buffers `i`, `o`) against a core server; returns the client's error.
-fn pair(kind: ClientKind, server: ServerKind, i: usize, o: usize, pull: usize) -> Option<Error> {
+fn pair(kind: ClientKind, server: ServerKind, i: usize, o: usize, drain: usize) -> Option<Error> {
     let now = pki::now();
     let policy = pki::client_policy_shared(kind);
     let tls = Tls::client(policy, pki::SERVER_NAME, now, boxed(i), boxed(o)).expect("client");
-    let mut c = Checked2::new(tls, pull);
+    let mut c = Checked2::new(tls, drain);
     let mut s = Checked::new(
         Session::server(pki::server_policies(server), now),
         GROWABLE_LIMITS,
@@ -201,14 +201,14 @@ pub fn embedded_tls(data: &[u8]) {
     let (ins, outs) = SIZES;
     let i = ins[usize::from(sizes & 3)];
     let o = outs[usize::from((sizes >> 2) & 3)];
-    let pull = PULL[usize::from((sizes >> 4) & 3)];
+    let drain = DRAIN[usize::from((sizes >> 4) & 3)];
     let now = pki::now();
     match mode % 3 {
         0 => {
             let script = Script::parse(rest);
             let policies = pki::server_policies(ServerKind::from_selector(script.config));
             let tls = Tls::server(policies, now, boxed(i), boxed(o));
-            Checked2::new(tls, pull).run(&script.ops, script.stream, now);
+            Checked2::new(tls, drain).run(&script.ops, script.stream, now);
         }
         1 => {
             let script = Script::parse(rest);
@@ -216,7 +216,7 @@ pub fn embedded_tls(data: &[u8]) {
             let policy = pki::client_policy_shared(kind);
             let tls =
                 Tls::client(policy, pki::SERVER_NAME, now, boxed(i), boxed(o)).expect("client");
-            Checked2::new(tls, pull).run(&script.ops, script.stream, now);
+            Checked2::new(tls, drain).run(&script.ops, script.stream, now);
         }
         _ => {
             let cfg = rest.first().copied().unwrap_or(0);
@@ -226,7 +226,7 @@ pub fn embedded_tls(data: &[u8]) {
                 2 => (ClientKind::Tls12WithCert, ServerKind::MtlsRequired),
                 _ => (ClientKind::Plain, ServerKind::Tls13Hrr),
             };
-            let err = pair(kind, server, i, o, pull);
+            let err = pair(kind, server, i, o, drain);
             if i >= 17_000 && o >= 8192 {
                 assert!(
                     err.is_none(),
@@ -247,7 +247,7 @@ pub fn embedded_tls(data: &[u8]) {
                     buffer: b2,
                     required: r2,
                     ..
-                }) = pair(kind, server, i2, o2, pull)
+                }) = pair(kind, server, i2, o2, drain)
                 {
                     assert!(
                         b2 != buffer || r2 > required,
