@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use onerecord_tls::{HandshakeKind, PeerIdentity, Time};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::service::{Handler, Peer, Reply, Service};
 
@@ -37,11 +37,6 @@ impl Service for IdentityResponder {
             requests: 0,
         }))
     }
-}
-
-/// The JSON document describing a verified peer (also used in the PROXY protocol tests).
-pub fn peer_json(id: &PeerIdentity, remote: SocketAddr) -> Value {
-    serde_json::to_value(PeerDoc::new(id, remote)).unwrap_or(Value::Null)
 }
 
 /// The peer document as plain structs: serialised straight to text once per connection,
@@ -118,7 +113,7 @@ impl<'a> PeerDoc<'a> {
 }
 
 /// RFC 3339 text for a time (UTC).
-pub fn rfc3339(t: Time) -> String {
+fn rfc3339(t: Time) -> String {
     let secs = i64::try_from(t.as_unix_secs()).unwrap_or(i64::MAX);
     time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
@@ -323,6 +318,7 @@ impl Handler for IdentityHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn each_response_is_the_peer_document_plus_the_request() {
