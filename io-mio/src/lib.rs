@@ -51,17 +51,24 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod audit;
 pub mod client;
+mod config;
+mod conn;
 pub mod http;
 pub mod metrics;
 pub mod proxy;
-pub mod server;
+mod queue;
+mod server;
 pub mod service;
 mod table;
 pub mod tickets;
+mod worker;
 
 pub use client::{Client, ClientStream};
+pub use config::{Backend, Limits, Listener, Mode, ServerConfig};
+pub use conn::PLAINTEXT_BODY;
 pub use http::IdentityResponder;
 pub use metrics::{Counters, Histogram, Metrics, Snapshot};
-pub use server::{Backend, Limits, Listener, Mode, ServerConfig, ServerHandle, start};
+pub use server::{ServerHandle, start};
 pub use service::{Handler, Peer, Reply, Service, ServiceFn};
