@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
+use log::{error, info};
 use mio::net::TcpListener;
 use mio::{Interest, Poll, Waker};
+
+use onerecord_tls::Time;
 
 use crate::config::{Mode, ServerConfig};
 use crate::metrics::Metrics;
@@ -34,17 +37,58 @@ impl ServerHandle {
     }
 
     /// Use `mode` for new connections on listener `index`; open connections keep the policy
-    /// they started with. Returns `false` when there is no such listener.
+    /// they started with. Returns `false` when there is no such listener, or when `mode`
+    /// could not be given new resumption state under the reload trust rule (below; the
+    /// error is logged and the current mode stays).
+    ///
+    /// The reload trust rule: a server policy that shares ticket keys or a session cache
+    /// with the one it replaces (built with
+    /// [`ServerPolicyBuilder::resumption_from`](onerecord_tls::ServerPolicyBuilder::resumption_from))
+    /// keeps them only while client authentication trusts the same anchors and CRLs
+    /// ([`ServerPolicy::client_trust_digest`](onerecord_tls::ServerPolicy::client_trust_digest)). When the CA bundle or a CRL changed, the
+    /// shared state is replaced by new state, so sessions made under the previous policy do
+    /// not resume: a resumed session skips certificate verification, and a client revoked by
+    /// the new CRL, or whose CA was dropped, would otherwise keep resuming. State the new
+    /// policy does not share (fixed ticket keys the caller loaded for a fleet) is kept: rotate
+    /// those with the CRL to end resumption fleet-wide.
     pub fn reload(&self, index: usize, mode: Mode) -> bool {
-        let Some(slot) = self.shared.modes.get(index) else {
+        let Some(previous) = self.mode(index) else {
             return false;
+        };
+        let Some(mode) = apply_trust_rule(&previous, mode) else {
+            return false;
+        };
+        self.install(index, mode);
+        true
+    }
+
+    /// [`ServerHandle::reload`] every listener with the same `mode`, compared with the mode
+    /// of the first listener for the reload trust rule: the listeners keep sharing one
+    /// policy (one set of ticket keys and one session cache) as they did from [`start`].
+    /// Returns `false` when there is no listener or the rule's rebuild failed (logged; the
+    /// current modes stay).
+    pub fn reload_all(&self, mode: Mode) -> bool {
+        let Some(previous) = self.mode(0) else {
+            return false;
+        };
+        let Some(mode) = apply_trust_rule(&previous, mode) else {
+            return false;
+        };
+        for index in 0..self.shared.modes.len() {
+            self.install(index, mode.clone());
+        }
+        true
+    }
+
+    fn install(&self, index: usize, mode: Mode) {
+        let Some(slot) = self.shared.modes.get(index) else {
+            return;
         };
         record_certificates(&self.shared.metrics, index, &self.local_addrs, &mode);
         match slot.write() {
             Ok(mut m) => *m = mode,
             Err(poisoned) => *poisoned.into_inner() = mode,
         }
-        true
     }
 
     /// The mode listener `index` uses for new connections.
@@ -81,6 +125,54 @@ impl Drop for ServerHandle {
     fn drop(&mut self) {
         self.shutdown();
         self.join();
+    }
+}
+
+/// The reload trust rule (see [`ServerHandle::reload`]): `mode` with new resumption state in
+/// every server policy that shares some with a policy of `previous` whose client trust
+/// differs. `None` when a policy could not be rebuilt (logged).
+fn apply_trust_rule(previous: &Mode, mode: Mode) -> Option<Mode> {
+    let (
+        Mode::Terminate {
+            policies: old_set, ..
+        },
+        Mode::Terminate { policies, backend },
+    ) = (previous, &mode)
+    else {
+        return Some(mode);
+    };
+    let now = Time::now();
+    let mut changed = false;
+    let policies = policies.try_map(|p| {
+        let digest = p.client_trust_digest();
+        match old_set
+            .policies()
+            .find(|o| p.shares_resumption_with(o) && o.client_trust_digest() != digest)
+        {
+            Some(o) => {
+                changed = true;
+                p.without_resumption_from(o, now)
+            }
+            None => Ok(p.clone()),
+        }
+    });
+    match policies {
+        Ok(policies) => {
+            if changed {
+                info!(
+                    "client CA bundle or CRL changed: sessions made under the previous policy \
+                     will not resume"
+                );
+            }
+            Some(Mode::Terminate {
+                policies,
+                backend: backend.clone(),
+            })
+        }
+        Err(e) => {
+            error!("reload not applied: the new policy cannot get new resumption state: {e}");
+            None
+        }
     }
 }
 
