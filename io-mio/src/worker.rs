@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Poll, Token};
-use onerecord_tls::Time;
 
 use crate::audit::End;
 use crate::config::{Limits, Mode};
@@ -53,7 +52,6 @@ pub(crate) struct Worker {
     accept_retry: Option<Instant>,
     /// When an accept failure was last logged, and how many were not logged since.
     accept_warned: Option<(Instant, u64)>,
-    last_rotation_check: Instant,
 }
 
 impl Worker {
@@ -79,7 +77,6 @@ impl Worker {
             draining: None,
             accept_retry: None,
             accept_warned: None,
-            last_rotation_check: Instant::now(),
         }
     }
 
@@ -179,21 +176,6 @@ impl Worker {
 
     fn housekeeping(&mut self, now: Instant) {
         self.publish();
-        if now.duration_since(self.last_rotation_check) >= Duration::from_secs(1) {
-            self.last_rotation_check = now;
-            let wall = Time::now();
-            for m in &self.shared.modes {
-                if let Ok(m) = m.read()
-                    && let Mode::Terminate { policies, .. } = &*m
-                {
-                    for p in policies.policies() {
-                        if let Some(k) = p.ticket_keys() {
-                            k.rotate_if_due(wall);
-                        }
-                    }
-                }
-            }
-        }
         if self.shared.shutdown.load(Ordering::Relaxed) && self.draining.is_none() {
             self.begin_drain(now);
         }
