@@ -11,6 +11,7 @@ use onerecord_tls::{HandshakeKind, PeerIdentity, Time};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::queue::Queue;
 use crate::service::{Handler, Peer, Reply, Service};
 
 /// Largest request head accepted (request line and headers).
@@ -32,7 +33,7 @@ impl Service for IdentityResponder {
         let head = doc.trim_end().strip_suffix('}').unwrap_or("{").trim_end();
         Some(Box::new(IdentityHandler {
             peer_head: head.into(),
-            buf: Vec::new(),
+            buf: Queue::default(),
             skip_body: 0,
             requests: 0,
         }))
@@ -127,7 +128,7 @@ fn rfc3339(t: Time) -> String {
 struct IdentityHandler {
     /// The pretty-printed peer document without its closing brace.
     peer_head: Box<str>,
-    buf: Vec<u8>,
+    buf: Queue,
     /// Body bytes of the current request still to skip.
     skip_body: usize,
     requests: u64,
@@ -249,28 +250,28 @@ impl Handler for IdentityHandler {
             self.skip_body -= n;
             data = &data[n..];
         }
-        self.buf.extend_from_slice(data);
+        self.buf.extend(data);
         loop {
             if self.skip_body > 0 {
                 let n = self.skip_body.min(self.buf.len());
                 self.skip_body -= n;
-                self.buf.drain(..n);
+                self.buf.consume(n);
                 if self.skip_body > 0 {
                     return;
                 }
             }
             if self.buf.is_empty() {
                 // An idle keep-alive connection holds no request buffer.
-                self.buf = Vec::new();
+                self.buf.release();
                 return;
             }
-            match parse(&self.buf) {
+            match parse(self.buf.pending()) {
                 Parsed::Incomplete => return,
                 Parsed::Bad(status, why) => {
                     let body = serde_json::to_vec(&json!({ "error": why })).unwrap_or_default();
                     reply.write(&response(status, why, 1, false, &body));
                     reply.close();
-                    self.buf.clear();
+                    self.buf = Queue::default();
                     return;
                 }
                 Parsed::Request {
@@ -282,7 +283,7 @@ impl Handler for IdentityHandler {
                     version,
                 } => {
                     self.requests += 1;
-                    self.buf.drain(..head_len);
+                    self.buf.consume(head_len);
                     self.skip_body = body_len;
                     // The peer document (serialised once) plus this request, written
                     // straight into the reply: no JSON tree per request.
@@ -306,7 +307,7 @@ impl Handler for IdentityHandler {
                     reply.write(&body);
                     if !keep_alive {
                         reply.close();
-                        self.buf.clear();
+                        self.buf = Queue::default();
                         return;
                     }
                 }
@@ -327,7 +328,7 @@ mod tests {
                 .unwrap();
         let mut h = IdentityHandler {
             peer_head: doc.trim_end().strip_suffix('}').unwrap().trim_end().into(),
-            buf: Vec::new(),
+            buf: Queue::default(),
             skip_body: 0,
             requests: 0,
         };

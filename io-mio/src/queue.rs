@@ -1,4 +1,7 @@
-//! The adapter's byte queue: plaintext waiting for one side of a connection.
+//! The adapter's byte queue: the plaintext waiting for each side of a server connection,
+//! the identity responder's request buffer and the client's decrypted input. Bytes are
+//! appended at the back and consumed from the front (a read offset, no shifting); an empty
+//! queue can give its memory back.
 
 /// A byte queue with a read offset.
 #[derive(Default)]
@@ -43,6 +46,12 @@ impl Queue {
             self.extend(&v);
         }
     }
+    /// Bytes allocated (tests check that idle holders keep none).
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Give the memory back while empty (an idle connection holds no buffer).
     pub(crate) fn release(&mut self) {
         if self.is_empty() {
