@@ -43,14 +43,15 @@ impl ServerHandle {
     ///
     /// The reload trust rule: a server policy that shares ticket keys or a session cache
     /// with the one it replaces (built with
-    /// [`ServerPolicyBuilder::resumption_from`](onerecord_tls::ServerPolicyBuilder::resumption_from))
+    /// [`resumption_from`](onerecord_tls::policy::ServerPolicyBuilder::resumption_from))
     /// keeps them only while client authentication trusts the same anchors and CRLs
-    /// ([`ServerPolicy::client_trust_digest`](onerecord_tls::ServerPolicy::client_trust_digest)). When the CA bundle or a CRL changed, the
-    /// shared state is replaced by new state, so sessions made under the previous policy do
-    /// not resume: a resumed session skips certificate verification, and a client revoked by
-    /// the new CRL, or whose CA was dropped, would otherwise keep resuming. State the new
-    /// policy does not share (fixed ticket keys the caller loaded for a fleet) is kept: rotate
-    /// those with the CRL to end resumption fleet-wide.
+    /// ([`client_trust_digest`](onerecord_tls::ServerPolicy::client_trust_digest)). When the
+    /// CA bundle or a CRL changed, the shared state is replaced by new state, so sessions
+    /// made under the previous policy do not resume: a resumed session skips certificate
+    /// verification, and a client revoked by the new CRL, or whose CA was dropped, would
+    /// otherwise keep resuming. State the new policy does not share (fixed ticket keys the
+    /// caller loaded for a fleet) is kept: rotate those with the CRL to end resumption
+    /// fleet-wide.
     pub fn reload(&self, index: usize, mode: Mode) -> bool {
         let Some(previous) = self.mode(index) else {
             return false;
