@@ -62,7 +62,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 bin="${CARGO_TARGET_DIR:-target}/release"
 if [ "$build" = 1 ]; then
     echo "== building (release)"
-    cargo build --release -q -p onerecord-tls-bench -p onerecord-tls-mio --bins
+    cargo build --release -q -p onerecord-tls-bench -p onerecord-gateway --bins
 fi
 LG="$bin/onerecord-loadgen"
 GW="$bin/onerecord-gateway"

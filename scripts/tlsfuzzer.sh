@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${TLSFUZZER_DIR:?set TLSFUZZER_DIR to a tlsfuzzer checkout}"
 
-cargo build -q --release --bin onerecord-gateway -p onerecord-tls-mio
+cargo build -q --release --bin onerecord-gateway -p onerecord-gateway
 cargo build -q --release --bin rustls-mio-server -p onerecord-tls-bench
 
 work=$(mktemp -d)

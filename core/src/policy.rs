@@ -664,6 +664,78 @@ impl ServerPolicy {
         &self.0.builder.client_auth
     }
 
+    /// A digest of what client authentication depends on: whether client certificates are
+    /// requested and required, the trust anchors, and the CRLs (their DER, in order). Two
+    /// policies with the same digest accept and refuse the same client certificates; when
+    /// it changes, a resumed session (which skips certificate verification) could admit a
+    /// client the new policy refuses, so resumption state must not carry over.
+    pub fn client_trust_digest(&self) -> crate::Sha256 {
+        let mut all = Vec::new();
+        let anchors = match &self.0.builder.client_auth {
+            ClientAuth::Disabled => {
+                all.push(0);
+                None
+            }
+            ClientAuth::Optional(t) => {
+                all.push(1);
+                Some(t)
+            }
+            ClientAuth::Required(t) => {
+                all.push(2);
+                Some(t)
+            }
+        };
+        for a in anchors.iter().flat_map(|t| t.roots.roots.iter()) {
+            all.extend_from_slice(&crate::Sha256::of(a.subject.as_ref()).0);
+            all.extend_from_slice(&crate::Sha256::of(a.subject_public_key_info.as_ref()).0);
+            let nc = a.name_constraints.as_ref().map_or(&[][..], |n| n.as_ref());
+            all.extend_from_slice(&crate::Sha256::of(nc).0);
+        }
+        all.push(0xff);
+        for crl in &self.0.builder.common.revocation.crls {
+            all.extend_from_slice(&crate::Sha256::of(crl.as_ref()).0);
+        }
+        crate::Sha256::of(&all)
+    }
+
+    /// `true` when this policy and `other` share ticket keys or a session cache (one was
+    /// built with [`ServerPolicyBuilder::resumption_from`] the other, or both from a third).
+    pub fn shares_resumption_with(&self, other: &ServerPolicy) -> bool {
+        let (a, b) = (&self.0.builder, &other.0.builder);
+        let tickets =
+            matches!((&a.tickets, &b.tickets), (Some(x), Some(y)) if Arc::ptr_eq(&x.0, &y.0));
+        let cache = matches!(
+            (&a.session_cache, &b.session_cache),
+            (Some(x), Some(y)) if Arc::ptr_eq(&x.0, &y.0)
+        );
+        tickets || cache
+    }
+
+    /// A copy of this policy with new resumption state wherever it shares some with
+    /// `previous` (generated ticket keys, an empty session cache of the default size, as a
+    /// new builder has); state it does not share, such as fixed keys loaded for a fleet, is
+    /// kept. `now` is the build time, as for [`ServerPolicyBuilder::build`].
+    pub fn without_resumption_from(
+        &self,
+        previous: &ServerPolicy,
+        now: Time,
+    ) -> Result<ServerPolicy, ConfigError> {
+        let (a, b) = (&self.0.builder, &previous.0.builder);
+        let mut builder = self.to_builder();
+        if matches!((&a.tickets, &b.tickets), (Some(x), Some(y)) if Arc::ptr_eq(&x.0, &y.0)) {
+            builder.tickets = Some(TicketKeys::generate(TicketKeys::DEFAULT_ROTATION));
+        }
+        if matches!(
+            (&a.session_cache, &b.session_cache),
+            (Some(x), Some(y)) if Arc::ptr_eq(&x.0, &y.0)
+        ) {
+            builder.session_cache = Some(ServerSessionCache::new(
+                ServerSessionCache::DEFAULT_CAPACITY,
+            ));
+        }
+        builder.build(now)
+    }
+
     /// Make a set with this policy as the default (served for every name).
     pub fn into_set(self) -> ServerPolicies {
         ServerPolicies::new(Some(self))
@@ -732,6 +804,19 @@ impl ServerPolicies {
             .or_else(wildcard)
             .map(|(_, p)| p)
             .or(self.0.default.as_ref())
+    }
+
+    /// The same set (same names, same default) with every policy replaced by `f` of it.
+    pub fn try_map<E>(
+        &self,
+        mut f: impl FnMut(&ServerPolicy) -> Result<ServerPolicy, E>,
+    ) -> Result<ServerPolicies, E> {
+        let default = self.0.default.as_ref().map(&mut f).transpose()?;
+        let mut names = Vec::with_capacity(self.0.names.len());
+        for (n, p) in &self.0.names {
+            names.push((n.clone(), f(p)?));
+        }
+        Ok(Self(Arc::new(PoliciesInner { names, default })))
     }
 
     /// Every policy in the set (the default first, if any).

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use onerecord_tls::{ClientPolicy, Event, PeerIdentity, Session, Time};
 
+use crate::queue::Queue;
+
 type PoolKey = (SocketAddr, String);
 
 /// A connection factory with a pool of idle connections.
@@ -67,8 +69,7 @@ impl Client {
             key,
             tcp,
             session,
-            inbox: Vec::new(),
-            inbox_off: 0,
+            inbox: Queue::default(),
             peer_closed: false,
             reused: false,
             last_used: Instant::now(),
@@ -83,7 +84,7 @@ impl Client {
         if stream.peer_closed
             || stream.session.is_terminal()
             || stream.session.close_sent()
-            || stream.inbox_off < stream.inbox.len()
+            || !stream.inbox.is_empty()
         {
             return;
         }
@@ -111,8 +112,8 @@ pub struct ClientStream {
     key: PoolKey,
     tcp: TcpStream,
     session: Session,
-    inbox: Vec<u8>,
-    inbox_off: usize,
+    /// Decrypted bytes not yet read.
+    inbox: Queue,
     peer_closed: bool,
     reused: bool,
     last_used: Instant,
@@ -164,16 +165,9 @@ impl ClientStream {
         }
         self.session.received(n);
         let inbox = &mut self.inbox;
-        let off = &mut self.inbox_off;
         let mut closed = false;
         let r = self.session.process(Time::now(), |ev| match ev {
-            Event::Data(d) => {
-                if *off == inbox.len() {
-                    inbox.clear();
-                    *off = 0;
-                }
-                inbox.extend_from_slice(d);
-            }
+            Event::Data(d) => inbox.extend(d),
             Event::PeerClosed | Event::Closed => closed = true,
             Event::Established(_) => {}
         });
@@ -229,14 +223,14 @@ impl ClientStream {
 
 impl Read for ClientStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.inbox_off == self.inbox.len() {
+        while self.inbox.is_empty() {
             if self.peer_closed || !self.pump()? {
                 return Ok(0);
             }
         }
-        let n = buf.len().min(self.inbox.len() - self.inbox_off);
-        buf[..n].copy_from_slice(&self.inbox[self.inbox_off..self.inbox_off + n]);
-        self.inbox_off += n;
+        let n = buf.len().min(self.inbox.len());
+        buf[..n].copy_from_slice(&self.inbox.pending()[..n]);
+        self.inbox.consume(n);
         Ok(n)
     }
 }

@@ -9,8 +9,9 @@ use std::net::SocketAddr;
 
 use onerecord_tls::{HandshakeKind, PeerIdentity, Time};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
+use crate::queue::Queue;
 use crate::service::{Handler, Peer, Reply, Service};
 
 /// Largest request head accepted (request line and headers).
@@ -32,16 +33,11 @@ impl Service for IdentityResponder {
         let head = doc.trim_end().strip_suffix('}').unwrap_or("{").trim_end();
         Some(Box::new(IdentityHandler {
             peer_head: head.into(),
-            buf: Vec::new(),
+            buf: Queue::default(),
             skip_body: 0,
             requests: 0,
         }))
     }
-}
-
-/// The JSON document describing a verified peer (also used in the PROXY protocol tests).
-pub fn peer_json(id: &PeerIdentity, remote: SocketAddr) -> Value {
-    serde_json::to_value(PeerDoc::new(id, remote)).unwrap_or(Value::Null)
 }
 
 /// The peer document as plain structs: serialised straight to text once per connection,
@@ -118,7 +114,7 @@ impl<'a> PeerDoc<'a> {
 }
 
 /// RFC 3339 text for a time (UTC).
-pub fn rfc3339(t: Time) -> String {
+fn rfc3339(t: Time) -> String {
     let secs = i64::try_from(t.as_unix_secs()).unwrap_or(i64::MAX);
     time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
@@ -132,7 +128,7 @@ pub fn rfc3339(t: Time) -> String {
 struct IdentityHandler {
     /// The pretty-printed peer document without its closing brace.
     peer_head: Box<str>,
-    buf: Vec<u8>,
+    buf: Queue,
     /// Body bytes of the current request still to skip.
     skip_body: usize,
     requests: u64,
@@ -254,28 +250,28 @@ impl Handler for IdentityHandler {
             self.skip_body -= n;
             data = &data[n..];
         }
-        self.buf.extend_from_slice(data);
+        self.buf.extend(data);
         loop {
             if self.skip_body > 0 {
                 let n = self.skip_body.min(self.buf.len());
                 self.skip_body -= n;
-                self.buf.drain(..n);
+                self.buf.consume(n);
                 if self.skip_body > 0 {
                     return;
                 }
             }
             if self.buf.is_empty() {
                 // An idle keep-alive connection holds no request buffer.
-                self.buf = Vec::new();
+                self.buf.release();
                 return;
             }
-            match parse(&self.buf) {
+            match parse(self.buf.pending()) {
                 Parsed::Incomplete => return,
                 Parsed::Bad(status, why) => {
                     let body = serde_json::to_vec(&json!({ "error": why })).unwrap_or_default();
                     reply.write(&response(status, why, 1, false, &body));
                     reply.close();
-                    self.buf.clear();
+                    self.buf = Queue::default();
                     return;
                 }
                 Parsed::Request {
@@ -287,7 +283,7 @@ impl Handler for IdentityHandler {
                     version,
                 } => {
                     self.requests += 1;
-                    self.buf.drain(..head_len);
+                    self.buf.consume(head_len);
                     self.skip_body = body_len;
                     // The peer document (serialised once) plus this request, written
                     // straight into the reply: no JSON tree per request.
@@ -311,7 +307,7 @@ impl Handler for IdentityHandler {
                     reply.write(&body);
                     if !keep_alive {
                         reply.close();
-                        self.buf.clear();
+                        self.buf = Queue::default();
                         return;
                     }
                 }
@@ -323,6 +319,7 @@ impl Handler for IdentityHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn each_response_is_the_peer_document_plus_the_request() {
@@ -331,7 +328,7 @@ mod tests {
                 .unwrap();
         let mut h = IdentityHandler {
             peer_head: doc.trim_end().strip_suffix('}').unwrap().trim_end().into(),
-            buf: Vec::new(),
+            buf: Queue::default(),
             skip_body: 0,
             requests: 0,
         };

@@ -33,13 +33,19 @@
 //!
 //! # How a connection is driven
 //!
+//! The modules, each one concern, importing one way (`server` -> `worker` -> `conn`):
+//! `config` (what to run), `server` (the handle and start-up), `worker` (one thread's event
+//! loop), `conn` (one connection's lifecycle and drain order), `audit` (its log lines),
+//! `queue` (byte queues); `service` and `http` (the application side), `client` (outbound).
+//!
 //! Every worker owns a `mio::Poll`, a handle on each listening socket (one socket per address,
 //! held exclusively; with [`ServerConfig::reuse_port`], one `SO_REUSEPORT` socket per worker,
 //! the kernel spreading new connections over them) and a slab of connections whose tokens
 //! carry a generation. Sockets are registered once for read and write readiness (mio is
 //! edge-triggered): the adapter remembers readiness, reads and writes until `WouldBlock`, and
 //! stops reading a side whose output is backed up (backpressure) without re-registering.
-//! Each wakeup runs the core session's drain order: read, `process`, route events, send, write.
+//! Each wakeup runs the core session's drain order: read TLS, run the session (`process`,
+//! route its events), feed plaintext, write TLS, pump the plain side, finish.
 //! Deadlines (handshake, idle, linger) live in a per-worker heap; the poll timeout is the
 //! nearest one.
 //!
@@ -51,17 +57,24 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod audit;
 pub mod client;
+mod config;
+mod conn;
 pub mod http;
 pub mod metrics;
 pub mod proxy;
-pub mod server;
+mod queue;
+mod server;
 pub mod service;
 mod table;
 pub mod tickets;
+mod worker;
 
 pub use client::{Client, ClientStream};
+pub use config::{Backend, Limits, Listener, Mode, ServerConfig};
+pub use conn::PLAINTEXT_BODY;
 pub use http::IdentityResponder;
 pub use metrics::{Counters, Histogram, Metrics, Snapshot};
-pub use server::{Backend, Limits, Listener, Mode, ServerConfig, ServerHandle, start};
+pub use server::{ServerHandle, start};
 pub use service::{Handler, Peer, Reply, Service, ServiceFn};

@@ -449,20 +449,6 @@ fn server_policy(
     Ok(p)
 }
 
-/// A digest of what client authentication depends on (the CA bundle and the CRLs). A reload
-/// keeps the ticket keys and session cache only while it is unchanged: a resumed session
-/// skips certificate verification, so a client revoked by a new CRL, or whose CA was
-/// dropped, would otherwise keep resuming. (Keys from `--ticket-keys` are the operator's:
-/// rotate them with the CRL to end resumption fleet-wide.)
-fn client_trust_inputs(a: &ServerArgs) -> Sha256 {
-    let mut all = Vec::new();
-    for f in a.client_ca.iter().chain(&a.crl) {
-        let data = std::fs::read(f).unwrap_or_default();
-        all.extend_from_slice(&Sha256::of(&data).0);
-    }
-    Sha256::of(&all)
-}
-
 fn resolve(s: &str, flag: &str) -> Result<SocketAddr, ConfigFail> {
     s.to_socket_addrs()
         .map_err(|e| ConfigFail(format!("{flag} {s}: {e}")))?
@@ -631,9 +617,12 @@ fn run(
                 Ok(mode) => {
                     // Before the log line, so whoever reads it sees the new dates.
                     status.loaded();
-                    for (i, addr) in handle.local_addrs().iter().enumerate() {
-                        handle.reload(i, mode.clone());
-                        info!("reloaded policy for {addr}");
+                    if handle.reload_all(mode) {
+                        for addr in handle.local_addrs() {
+                            info!("reloaded policy for {addr}");
+                        }
+                    } else {
+                        status.reload_failed(trigger);
                     }
                 }
                 Err(ConfigFail(e)) => {
@@ -689,7 +678,6 @@ fn main() -> ExitCode {
                     a.crl_grace, a.crl_grace
                 );
             }
-            let trust = std::sync::Mutex::new(client_trust_inputs(&a));
             server_mode(&a, None).and_then(|mode| {
                 warn_anonymous_clients(&a);
                 let listeners = a
@@ -702,20 +690,10 @@ fn main() -> ExitCode {
                     .collect();
                 let args = a.clone();
                 let watched = exposition::watched(Some(&a.cert), a.client_ca.as_deref(), &a.crl);
+                // A reload keeps the ticket keys and session cache only while the CA bundle
+                // and CRLs are unchanged: the library's reload trust rule (ServerHandle::reload).
                 run(listeners, &a.common, watched, move |prev| {
-                    let inputs = client_trust_inputs(&args);
-                    let same = trust.lock().is_ok_and(|t| *t == inputs);
-                    if !same && prev.is_some() {
-                        info!(
-                            "client CA bundle or CRL changed: sessions made under the previous \
-                         policy will not resume"
-                        );
-                    }
-                    let mode = server_mode(&args, prev.as_ref().filter(|_| same))?;
-                    if let Ok(mut t) = trust.lock() {
-                        *t = inputs;
-                    }
-                    Ok(mode)
+                    server_mode(&args, prev.as_ref())
                 })
             })
         }

@@ -1,0 +1,974 @@
+//! One connection: its sockets, its session, its queues, its lifecycle, and what one wakeup
+//! does for it ([`drive`]), in the session's documented drain order: read TLS, run the
+//! session, feed plaintext, write TLS, pump the plain side (upstream or local client), finish.
+//!
+//! The connection owns no registry and no timer: it tells the worker what it needs by the
+//! [`Done`] it returns (keep waiting, run again, connect an upstream, remove it).
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::TcpStream;
+use mio::{Interest, Registry};
+use onerecord_tls::{Event, Reason, Session, Time};
+
+use crate::audit::{End, log_access, log_close, log_refused, partner_failed};
+use crate::config::{Backend, Limits, Mode};
+use crate::metrics::Counters;
+use crate::queue::Queue;
+use crate::service::{Handler, Peer, Reply};
+use crate::table::{Key, Side};
+
+/// The body of the `400` answer to plaintext HTTP on a TLS port.
+pub const PLAINTEXT_BODY: &str =
+    "This is a TLS endpoint: ONE Record requires HTTPS. Use https:// to connect.\n";
+
+/// Rounds of work one connection gets per wakeup before others get a turn.
+const ROUNDS: usize = 32;
+
+/// Most input a lingering connection may make us read and drop before it is closed anyway.
+const LINGER_DISCARD_MAX: usize = 256 * 1024;
+
+/// One socket of a connection and what is known about its readiness.
+pub(crate) struct Sock {
+    stream: TcpStream,
+    readable: bool,
+    writable: bool,
+    connected: bool,
+    eof: bool,
+    write_closed: bool,
+}
+
+impl Sock {
+    fn new(stream: TcpStream, connected: bool) -> Self {
+        Self {
+            stream,
+            readable: connected,
+            writable: connected,
+            connected,
+            eof: false,
+            write_closed: false,
+        }
+    }
+
+    /// Remember the readiness an event announced (mio is edge-triggered).
+    pub(crate) fn ready(&mut self, event: &mio::event::Event) {
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.readable = true;
+        }
+        if event.is_writable() || event.is_write_closed() || event.is_error() {
+            self.writable = true;
+        }
+    }
+
+    /// After an event on a socket still connecting: did the connect complete or fail?
+    fn check_connected(&mut self) -> io::Result<()> {
+        if self.connected {
+            return Ok(());
+        }
+        if let Some(e) = self.stream.take_error()? {
+            return Err(e);
+        }
+        match self.stream.peer_addr() {
+            Ok(_) => {
+                self.connected = true;
+                let _ = self.stream.set_nodelay(true);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Where the decrypted stream goes.
+enum App {
+    /// Handshake not finished.
+    Waiting,
+    /// An in-process handler.
+    Handler(Box<dyn Handler>),
+    /// Bytes go to and come from the plain socket.
+    Plain,
+    /// Refused by the application: nothing is delivered.
+    Refused,
+}
+
+/// A connection's lifecycle on the adapter's side, in the order it is lived. The session
+/// holds the TLS state (handshake, established, closed, failed); this is what the adapter
+/// adds: when to send `close_notify`, how long to wait for the peer, and the final drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Life {
+    /// Handshaking or carrying data; nobody asked to end it.
+    Open,
+    /// The application, the plain side, the idle timer or shutdown asked to end it:
+    /// `close_notify` goes out once the queued plaintext is in the session.
+    CloseAfterFlush,
+    /// `close_notify` or a fatal alert went out at `since`: wait up to the linger time for
+    /// the peer's `close_notify`, its end of stream, or for the bytes to be written.
+    Closing {
+        /// When it went out (linger starts).
+        since: Instant,
+    },
+    /// The alert is written and our side shut down: the peer's remaining input is read and
+    /// dropped until it closes (or the linger deadline), so that closing never resets the
+    /// connection under an alert the peer has not read yet (a close with unread input sends
+    /// a TCP RST).
+    Lingering {
+        /// When the alert went out (linger starts).
+        since: Instant,
+        /// Bytes read and dropped so far.
+        discarded: usize,
+    },
+}
+
+/// What a connection needs from its worker after a wakeup.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Done {
+    /// Keep it; wait for events or its deadline.
+    Wait,
+    /// Keep it; it has more work now (it used up its rounds).
+    Again,
+    /// Connect the upstream at this address for it (the worker owns the registry), then
+    /// drive it again.
+    ConnectUpstream(SocketAddr),
+    /// Finished: close it.
+    Remove,
+}
+
+/// What woke a connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Readiness, a new connection or a request of the worker.
+    Io,
+    /// Its deadline passed.
+    Timer,
+}
+
+/// A connection's sockets and session, before it has a key.
+pub(crate) struct Prepared {
+    mode: Mode,
+    tls: Sock,
+    plain: Option<Sock>,
+    session: Session,
+    local: SocketAddr,
+}
+
+/// One accepted connection.
+pub(crate) struct Conn {
+    key: Key,
+    mode: Mode,
+    tls: Sock,
+    plain: Option<Sock>,
+    session: Session,
+    pub(crate) remote: SocketAddr,
+    local: SocketAddr,
+    listener: usize,
+    app: App,
+    life: Life,
+    /// Decrypted bytes for the plain side.
+    to_plain: Queue,
+    /// Plaintext for the TLS side, not yet accepted by the session.
+    to_tls: Queue,
+    /// Bytes to write raw on the TLS socket (the `400` answer to plaintext HTTP).
+    raw_out: Queue,
+    /// Graceful shutdown of a proxied stream: the upstream's input is ended once what the
+    /// client sent so far is forwarded, and its end of stream closes the connection.
+    draining: bool,
+    last_activity: Instant,
+    /// The deadline the worker's timer heap knows for this connection.
+    pub(crate) deadline: Option<Instant>,
+    /// In the worker's list of connections to drive.
+    pub(crate) queued: bool,
+    /// The session's failure was counted and logged.
+    counted_failure: bool,
+    /// When the TCP connection was accepted: the handshake duration and the audit line's
+    /// duration start here.
+    opened: Instant,
+    /// The access line was logged: a close line follows at removal.
+    audited: bool,
+    /// Why the connection ended, as first known (audit; see [`End`]).
+    end: Option<End>,
+}
+
+impl Conn {
+    /// Set up a connection for `stream`: a server session, or in client mode a client
+    /// session and a connect to the partner. [`Conn::new`] makes it a connection.
+    pub(crate) fn prepare(mode: Mode, stream: TcpStream) -> io::Result<Prepared> {
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr()?;
+        let wall = Time::now();
+        let (tls, plain, session) = match &mode {
+            Mode::Terminate { policies, .. } => (
+                Sock::new(stream, true),
+                None,
+                Session::server(policies, wall),
+            ),
+            Mode::Originate {
+                policy,
+                connect,
+                server_name,
+            } => {
+                let session = Session::client(policy, server_name, wall)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+                let out = TcpStream::connect(*connect)?;
+                (
+                    Sock::new(out, false),
+                    Some(Sock::new(stream, true)),
+                    session,
+                )
+            }
+        };
+        Ok(Prepared {
+            mode,
+            tls,
+            plain,
+            session,
+            local,
+        })
+    }
+
+    /// The connection `key` from `remote`, accepted on `listener` at `now`.
+    pub(crate) fn new(
+        key: Key,
+        listener: usize,
+        prepared: Prepared,
+        remote: SocketAddr,
+        now: Instant,
+    ) -> Self {
+        let Prepared {
+            mode,
+            tls,
+            plain,
+            session,
+            local,
+        } = prepared;
+        Self {
+            key,
+            listener,
+            mode,
+            tls,
+            plain,
+            session,
+            remote,
+            local,
+            app: App::Waiting,
+            life: Life::Open,
+            to_plain: Queue::default(),
+            to_tls: Queue::default(),
+            raw_out: Queue::default(),
+            draining: false,
+            last_activity: now,
+            deadline: None,
+            queued: false,
+            counted_failure: false,
+            opened: now,
+            audited: false,
+            end: None,
+        }
+    }
+
+    /// Register the connection's sockets for read and write readiness.
+    pub(crate) fn register(&mut self, registry: &Registry) -> io::Result<()> {
+        let both = Interest::READABLE | Interest::WRITABLE;
+        registry.register(&mut self.tls.stream, self.key.token(Side::Tls), both)?;
+        if let Some(p) = self.plain.as_mut() {
+            registry.register(&mut p.stream, self.key.token(Side::Plain), both)?;
+        }
+        Ok(())
+    }
+
+    /// Deregister the connection's sockets (before it is dropped).
+    pub(crate) fn deregister(&mut self, registry: &Registry) {
+        let _ = registry.deregister(&mut self.tls.stream);
+        if let Some(p) = self.plain.as_mut() {
+            let _ = registry.deregister(&mut p.stream);
+        }
+    }
+
+    /// The socket of `side`, if it exists.
+    pub(crate) fn sock(&mut self, side: Side) -> Option<&mut Sock> {
+        match side {
+            Side::Tls => Some(&mut self.tls),
+            Side::Plain => self.plain.as_mut(),
+        }
+    }
+
+    /// Connect the upstream the connection asked for ([`Done::ConnectUpstream`]). When it
+    /// cannot be reached the connection is closed (`close_notify` after what is queued).
+    pub(crate) fn connect_upstream(
+        &mut self,
+        registry: &Registry,
+        addr: SocketAddr,
+        counters: &mut Counters,
+    ) {
+        let connect = || -> io::Result<Sock> {
+            let mut s = TcpStream::connect(addr)?;
+            registry.register(
+                &mut s,
+                self.key.token(Side::Plain),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(Sock::new(s, false))
+        };
+        match connect() {
+            Ok(s) => self.plain = Some(s),
+            Err(e) => {
+                counters.upstream_errors += 1;
+                warn!(
+                    "upstream {addr} unreachable for {}: {e}; closing",
+                    self.remote
+                );
+                self.app = App::Refused;
+                self.close_after_flush();
+            }
+        }
+    }
+
+    /// Ask for `close_notify` once the queued plaintext is in the session.
+    fn close_after_flush(&mut self) {
+        if self.life == Life::Open {
+            self.life = Life::CloseAfterFlush;
+        }
+    }
+
+    /// When linger started, once `close_notify` or an alert went out.
+    fn closing_since(&self) -> Option<Instant> {
+        match self.life {
+            Life::Closing { since } | Life::Lingering { since, .. } => Some(since),
+            Life::Open | Life::CloseAfterFlush => None,
+        }
+    }
+
+    /// Record the first known reason the connection ended.
+    pub(crate) fn ended(&mut self, end: End) {
+        self.end.get_or_insert(end);
+    }
+
+    /// Graceful shutdown begins: end an established connection after what it carries, cut
+    /// a handshake.
+    pub(crate) fn begin_drain(&mut self) {
+        if self.session.is_established() {
+            self.ended(End::Drain);
+        }
+        if self.session.is_established()
+            && self.plain.is_some()
+            && matches!(self.mode, Mode::Terminate { .. })
+        {
+            // A proxied stream may be in the middle of a response: a close_notify now would
+            // cut it. End the upstream's input instead; the upstream finishes what it owes,
+            // and its end of stream closes this connection (close_notify after the last
+            // byte). The drain timeout bounds it.
+            self.draining = true;
+        } else if self.session.is_established() {
+            self.close_after_flush();
+        } else {
+            self.session.close();
+        }
+    }
+
+    /// The connection's next deadline: linger once closing, the handshake timeout while
+    /// handshaking, the idle timeout once established.
+    pub(crate) fn next_deadline(&self, now: Instant, limits: &Limits) -> Option<Instant> {
+        if let Some(since) = self.closing_since() {
+            Some(since + limits.linger)
+        } else if !self.session.is_established() {
+            let wall = Time::now();
+            self.session.poll_timeout().map(|t| {
+                if t <= wall {
+                    now
+                } else {
+                    now + Duration::from_millis(t.as_unix_millis() - wall.as_unix_millis())
+                }
+            })
+        } else {
+            Some(self.last_activity + limits.idle_timeout)
+        }
+    }
+
+    /// The session's counters, for the worker to add up at removal.
+    pub(crate) fn stats(&self) -> &onerecord_tls::Stats {
+        self.session.stats()
+    }
+
+    /// The close line of the audit log, when the access line was logged.
+    pub(crate) fn log_close(&self) {
+        if !self.audited {
+            return;
+        }
+        let end = self.end.clone().unwrap_or_else(|| {
+            if let Some(e) = self.session.error() {
+                End::Error(e.to_string())
+            } else if self.session.peer_closed() {
+                End::PeerCloseNotify
+            } else if self.tls.eof {
+                End::PeerEof
+            } else {
+                End::Closed
+            }
+        });
+        let peer = match &self.mode {
+            Mode::Terminate { .. } => self.remote,
+            Mode::Originate { connect, .. } => *connect,
+        };
+        let cn = self.session.peer_identity().and_then(|id| id.common_name());
+        log_close(peer, cn, self.opened.elapsed(), self.session.stats(), &end);
+    }
+
+    /// TLS output (or the raw `400`) written out and nothing left to send.
+    fn flushed(&mut self) -> bool {
+        self.session.transmit().is_empty() && self.raw_out.is_empty()
+    }
+}
+
+/// Everything one wakeup does for one connection, in the session's drain order.
+pub(crate) fn drive(
+    c: &mut Conn,
+    wake: Wake,
+    now: Instant,
+    limits: &Limits,
+    counters: &mut Counters,
+) -> Done {
+    if let Some(done) = timers_and_linger(c, wake, now, limits, counters) {
+        return done;
+    }
+    if let Some(done) = connects(c, counters) {
+        return done;
+    }
+    let wall = Time::now();
+    let mut upstream = None;
+    for round in 0..ROUNDS {
+        let mut progress = round == 0;
+        progress |= read_tls(c, now, limits, counters);
+        if progress && !c.session.is_terminal() {
+            run_session(c, wall, counters, &mut upstream);
+        }
+        progress |= feed_plaintext(c, wall);
+        match write_tls(c, counters) {
+            Ok(p) => progress |= p,
+            Err(done) => return done,
+        }
+        match pump_plain(c, now, limits, counters) {
+            Ok(p) => progress |= p,
+            Err(done) => return done,
+        }
+        if !progress || (c.session.is_terminal() && c.flushed()) {
+            break;
+        }
+    }
+    if let Some(addr) = upstream {
+        return Done::ConnectUpstream(addr);
+    }
+    finish(c, now, limits)
+}
+
+/// A timer fired (linger over, or idle), or the connection lingers: handle that first.
+fn timers_and_linger(
+    c: &mut Conn,
+    wake: Wake,
+    now: Instant,
+    limits: &Limits,
+    counters: &mut Counters,
+) -> Option<Done> {
+    if wake == Wake::Timer {
+        if let Some(since) = c.closing_since() {
+            if now >= since + limits.linger {
+                return Some(Done::Remove);
+            }
+        } else if c.session.is_established() && now >= c.last_activity + limits.idle_timeout {
+            counters.idle_timeouts += 1;
+            c.ended(End::IdleTimeout);
+            debug!("closing idle connection from {}", c.remote);
+            c.close_after_flush();
+        }
+    }
+    if matches!(c.life, Life::Lingering { .. }) {
+        return Some(if discard_input(c) {
+            Done::Remove
+        } else {
+            Done::Wait
+        });
+    }
+    None
+}
+
+/// Connects in progress: the partner's TLS server (client mode) or the upstream.
+fn connects(c: &mut Conn, counters: &mut Counters) -> Option<Done> {
+    if !c.tls.connected
+        && (c.tls.writable || c.tls.readable)
+        && let Err(e) = c.tls.check_connected()
+    {
+        counters.upstream_errors += 1;
+        match &c.mode {
+            Mode::Originate { connect, .. } => warn!(
+                target: "onerecord::partner",
+                "cannot reach partner {connect} for {}: {e}", c.remote
+            ),
+            Mode::Terminate { .. } => warn!("cannot reach TLS server for {}: {e}", c.remote),
+        }
+        return Some(Done::Remove);
+    }
+    if let Some(p) = c.plain.as_mut()
+        && !p.connected
+        && (p.writable || p.readable)
+        && let Err(e) = p.check_connected()
+    {
+        counters.upstream_errors += 1;
+        warn!("upstream unreachable for {}: {e}", c.remote);
+        p.eof = true;
+        p.write_closed = true;
+        c.app = App::Refused;
+        c.close_after_flush();
+    }
+    None
+}
+
+/// Phase 1, read TLS: bytes in, while the plaintext queues have room. `true` on progress.
+fn read_tls(c: &mut Conn, now: Instant, limits: &Limits, counters: &mut Counters) -> bool {
+    let input_ok = c.to_plain.len() < limits.max_buffered && c.to_tls.len() < limits.max_buffered;
+    if !(c.tls.connected && c.tls.readable && !c.tls.eof && !c.session.is_terminal() && input_ok) {
+        return false;
+    }
+    let buf = c.session.receive_buffer();
+    if buf.is_empty() {
+        return false;
+    }
+    match c.tls.stream.read(buf) {
+        Ok(0) => {
+            c.tls.eof = true;
+            true
+        }
+        Ok(n) => {
+            c.session.received(n);
+            // Counted as the bytes pass, so open connections show up.
+            counters.sessions.tls_bytes_received += n as u64;
+            c.last_activity = now;
+            true
+        }
+        Err(e) if is_would_block(&e) => {
+            c.tls.readable = false;
+            false
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+        Err(e) => {
+            debug!("read from {} failed: {e}", c.remote);
+            c.tls.eof = true;
+            true
+        }
+    }
+}
+
+/// Phase 2, run the session: process what was received and route its events; the end of the TLS
+/// stream without `close_notify` is reported to it. `upstream` is set when the handshake finished
+/// and the stream goes to a TCP upstream.
+fn run_session(
+    c: &mut Conn,
+    wall: Time,
+    counters: &mut Counters,
+    upstream: &mut Option<SocketAddr>,
+) {
+    let Conn {
+        session,
+        app,
+        life,
+        to_plain,
+        to_tls,
+        mode,
+        remote,
+        local,
+        listener,
+        opened,
+        audited,
+        end,
+        ..
+    } = c;
+    let mut reply = Reply::default();
+    let mut peer_closed = false;
+    let mut close = false;
+    let res = session.process(wall, |ev| match ev {
+        Event::Established(id) => {
+            counters.handshake(id.version, id.resumed(), opened.elapsed());
+            log_access(mode, *remote, *local, id);
+            *audited = true;
+            match mode {
+                Mode::Terminate { backend, .. } => match backend {
+                    Backend::Service(service) => {
+                        let peer = Peer {
+                            identity: id,
+                            remote: *remote,
+                            local: *local,
+                        };
+                        match service.accept(&peer) {
+                            Some(h) => *app = App::Handler(h),
+                            None => {
+                                counters.refused_by_service += 1;
+                                info!(
+                                    target: "onerecord::refused",
+                                    "refused remote={remote} reason=\"refused by application\" cn={:?} listener={listener}",
+                                    id.common_name()
+                                );
+                                *app = App::Refused;
+                                close = true;
+                            }
+                        }
+                    }
+                    Backend::Upstream {
+                        addr,
+                        proxy_protocol,
+                    } => {
+                        if *proxy_protocol {
+                            match crate::proxy::header(*remote, *local, id) {
+                                Ok(h) => to_plain.extend(&h),
+                                Err(e) => warn!("PROXY header for {remote}: {e}"),
+                            }
+                        }
+                        *upstream = Some(*addr);
+                        *app = App::Plain;
+                    }
+                },
+                Mode::Originate { .. } => *app = App::Plain,
+            }
+        }
+        Event::Data(d) => match app {
+            App::Handler(h) => h.on_data(d, &mut reply),
+            App::Plain | App::Waiting => to_plain.extend(d),
+            App::Refused => {}
+        },
+        Event::PeerClosed => {
+            peer_closed = true;
+            end.get_or_insert(End::PeerCloseNotify);
+        }
+        Event::Closed => {}
+    });
+    if peer_closed {
+        match app {
+            App::Handler(h) => h.on_peer_closed(&mut reply),
+            _ => close |= closes_with_peer(mode),
+        }
+    }
+    if !reply.out.is_empty() {
+        to_tls.append(core::mem::take(&mut reply.out));
+    }
+    if (close || reply.close) && *life == Life::Open {
+        *life = Life::CloseAfterFlush;
+    }
+    if res.is_err() {
+        if let Some(err) = c.session.error()
+            && matches!(err.reason(), Reason::PlaintextHttp)
+            && !c.counted_failure
+        {
+            // Plaintext HTTP on the TLS port: the answer is a plain `400`, written raw.
+            counters.plaintext_http += 1;
+            c.raw_out.extend(plaintext_400().as_bytes());
+        }
+        note_failure(c);
+    }
+    if c.tls.eof && !c.session.is_terminal() && !c.session.peer_closed() {
+        let _ = c.session.received_eof();
+        note_failure(c);
+    }
+}
+
+/// The `400` answer to plaintext HTTP on a TLS port.
+fn plaintext_400() -> String {
+    format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{PLAINTEXT_BODY}",
+        PLAINTEXT_BODY.len()
+    )
+}
+
+/// Phase 3, feed plaintext: into the session; `close_notify` once it is all in and a close was
+/// asked. `true` on progress.
+fn feed_plaintext(c: &mut Conn, wall: Time) -> bool {
+    let close_asked = c.life == Life::CloseAfterFlush;
+    if !(c.session.is_established() && !c.session.close_sent() && !c.session.is_terminal()) {
+        if close_asked && !c.session.is_established() && !c.session.is_terminal() {
+            c.session.close();
+        }
+        return false;
+    }
+    let mut progress = false;
+    while !c.to_tls.is_empty() {
+        match c.session.send(c.to_tls.pending()) {
+            Ok(0) => break,
+            Ok(n) => {
+                c.to_tls.consume(n);
+                progress = true;
+            }
+            Err(e) => {
+                debug!("send to {} failed: {e}", c.remote);
+                c.to_tls = Queue::default();
+                break;
+            }
+        }
+    }
+    if c.to_tls.is_empty() && close_asked {
+        c.ended(End::Closed);
+        c.session.close();
+        let _ = c.session.process(wall, |_| {});
+        progress = true;
+    }
+    progress
+}
+
+/// Phase 4, write TLS: the raw `400` first, then the session's output. `Ok(progress)`, or
+/// `Err(Done::Remove)` when the socket failed.
+fn write_tls(c: &mut Conn, counters: &mut Counters) -> Result<bool, Done> {
+    let mut progress = false;
+    while c.tls.connected && c.tls.writable && !c.flushed() {
+        let (data, raw) = if !c.raw_out.is_empty() {
+            (c.raw_out.pending(), true)
+        } else {
+            (c.session.transmit(), false)
+        };
+        match c.tls.stream.write(data) {
+            Ok(0) => {
+                c.tls.writable = false;
+                c.tls.eof = true;
+            }
+            Ok(n) => {
+                if raw {
+                    c.raw_out.consume(n);
+                } else {
+                    c.session.transmitted(n);
+                    counters.sessions.tls_bytes_sent += n as u64;
+                }
+                progress = true;
+            }
+            Err(e) if is_would_block(&e) => c.tls.writable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                debug!("write to {} failed: {e}", c.remote);
+                c.ended(End::Error(format!("write: {e}")));
+                return Err(Done::Remove);
+            }
+        }
+    }
+    Ok(progress)
+}
+
+/// Phase 5, pump the plain side (upstream or local client): write the decrypted bytes, forward its
+/// end of input, read what it sends while the TLS side has room. `Ok(progress)`, or
+/// `Err(Done::Remove)` when the local client left before the TLS connection was up.
+fn pump_plain(
+    c: &mut Conn,
+    now: Instant,
+    limits: &Limits,
+    counters: &mut Counters,
+) -> Result<bool, Done> {
+    let mut progress = false;
+    let mut close = false;
+    let Some(p) = c.plain.as_mut() else {
+        return Ok(false);
+    };
+    if !p.connected {
+        return Ok(false);
+    }
+    if c.draining && p.write_closed {
+        // Sent after the drain began: the upstream's input is already closed.
+        c.to_plain = Queue::default();
+    }
+    while p.writable && !c.to_plain.is_empty() {
+        match p.stream.write(c.to_plain.pending()) {
+            Ok(0) => p.writable = false,
+            Ok(n) => {
+                c.to_plain.consume(n);
+                progress = true;
+            }
+            Err(e) if is_would_block(&e) => p.writable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                debug!("plain-side write for {} failed: {e}", c.remote);
+                counters.upstream_errors += 1;
+                c.to_plain = Queue::default();
+                p.write_closed = true;
+                p.eof = true;
+                close = true;
+            }
+        }
+    }
+    if c.to_plain.is_empty()
+        && !p.write_closed
+        && (c.session.peer_closed() || c.session.is_terminal() || c.draining)
+    {
+        let _ = p.stream.shutdown(Shutdown::Write);
+        p.write_closed = true;
+        progress = true;
+    }
+    let can_take = c.to_tls.len() < limits.max_buffered
+        && c.session.transmit().len() < limits.max_buffered
+        && !c.session.close_sent()
+        && !c.session.is_terminal();
+    if p.readable && !p.eof && can_take {
+        let mut buf = [0u8; 16 * 1024];
+        match p.stream.read(&mut buf) {
+            Ok(0) => {
+                p.eof = true;
+                close = true;
+                progress = true;
+            }
+            Ok(n) => {
+                c.to_tls.extend(&buf[..n]);
+                c.last_activity = now;
+                progress = true;
+            }
+            Err(e) if is_would_block(&e) => p.readable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+            Err(e) => {
+                debug!("plain-side read for {} failed: {e}", c.remote);
+                p.eof = true;
+                close = true;
+                progress = true;
+            }
+        }
+    }
+    let client_left =
+        p.eof && !c.session.is_established() && matches!(c.mode, Mode::Originate { .. });
+    if close {
+        c.close_after_flush();
+    }
+    if client_left {
+        // The local client left before the TLS connection was up.
+        return Err(Done::Remove);
+    }
+    Ok(progress)
+}
+
+/// Phase 6, finish: start lingering once `close_notify` or an alert went out, close when both sides
+/// are done, run again when input is left that readiness will not announce again, and give the
+/// buffers back while idle.
+fn finish(c: &mut Conn, now: Instant, limits: &Limits) -> Done {
+    let flushed = c.flushed();
+    if (c.session.error().is_some() || c.session.close_sent())
+        && matches!(c.life, Life::Open | Life::CloseAfterFlush)
+    {
+        c.life = Life::Closing { since: now };
+    }
+    if c.session.error().is_some() {
+        // The alert (or the 400) is out: close. Otherwise linger until it is.
+        if c.tls.eof {
+            return Done::Remove;
+        }
+        if flushed {
+            let _ = c.tls.stream.shutdown(Shutdown::Write);
+            if let Life::Closing { since } = c.life {
+                c.life = Life::Lingering {
+                    since,
+                    discarded: 0,
+                };
+            }
+            return if discard_input(c) {
+                Done::Remove
+            } else {
+                Done::Wait
+            };
+        }
+        return Done::Wait;
+    }
+    if c.session.is_terminal() || (c.session.close_sent() && (c.session.peer_closed() || c.tls.eof))
+    {
+        // Both close_notifys exchanged, or ours is queued and the peer is gone.
+        let plain_done = c
+            .plain
+            .as_ref()
+            .is_none_or(|p| p.write_closed || c.to_plain.is_empty());
+        if flushed && plain_done {
+            let _ = c.tls.stream.shutdown(Shutdown::Write);
+            return Done::Remove;
+        }
+        if c.tls.eof && !flushed {
+            return Done::Remove;
+        }
+    }
+    if c.tls.eof
+        && !c.session.is_established()
+        && c.session.error().is_none()
+        && c.session.is_terminal()
+    {
+        return Done::Remove;
+    }
+    // Work left that readiness will not announce again.
+    let more_input = c.tls.readable
+        && !c.tls.eof
+        && !c.session.is_terminal()
+        && c.to_plain.len() < limits.max_buffered
+        && c.to_tls.len() < limits.max_buffered;
+    if more_input {
+        return Done::Again;
+    }
+    if c.session.is_established() && c.to_tls.is_empty() && flushed && c.to_plain.is_empty() {
+        c.session.release_buffers();
+        c.to_tls.release();
+        c.to_plain.release();
+        c.raw_out.release();
+    }
+    Done::Wait
+}
+
+/// Read and drop what a lingering peer still sends. `true` when the connection can go: the
+/// peer closed, failed, or sent more than [`LINGER_DISCARD_MAX`].
+fn discard_input(c: &mut Conn) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.tls.stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                if let Life::Lingering { discarded, .. } = &mut c.life {
+                    *discarded += n;
+                    if *discarded > LINGER_DISCARD_MAX {
+                        return true;
+                    }
+                }
+            }
+            Err(e) if is_would_block(&e) => {
+                c.tls.readable = false;
+                return false;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+fn is_would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Note the session's failure once: why the connection ended (audit), and the log line
+/// that says it (partner WARN in client mode, refusal line before the handshake finished).
+fn note_failure(c: &mut Conn) {
+    if c.counted_failure {
+        return;
+    }
+    let Some(err) = c.session.error() else {
+        return;
+    };
+    c.counted_failure = true;
+    c.end.get_or_insert_with(|| match err.reason() {
+        Reason::UnexpectedEof => End::PeerEof,
+        _ => End::Error(err.to_string()),
+    });
+    if let Mode::Originate { connect, .. } = &c.mode {
+        partner_failed(*connect, c.remote, c.session.server_name(), err);
+        return;
+    }
+    if c.session.is_established() {
+        debug!("connection from {} ended: {err}", c.remote);
+        return;
+    }
+    log_refused(c.remote, c.session.server_name(), err);
+}
+
+/// A peer's close_notify in proxy modes is forwarded as a half-close of the plain side, and
+/// our close_notify follows when the plain side ends; in service mode the handler decides.
+fn closes_with_peer(mode: &Mode) -> bool {
+    !matches!(
+        mode,
+        Mode::Terminate {
+            backend: Backend::Upstream { .. },
+            ..
+        } | Mode::Originate { .. }
+    )
+}
