@@ -42,7 +42,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use onerecord_tls::pki::{Certificate, PrivateKey};
+use onerecord_tls::{Certificate, PrivateKey};
 use onerecord_tls::{Event, IdentityRule, ServerPolicies, ServerPolicy, Session, Time, TrustStore};
 
 /// Close an established connection that stays silent this long.

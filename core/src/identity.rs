@@ -21,8 +21,8 @@ use x509_cert::der::{Decode, Encode, Tag, Tagged};
 use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::ext::pkix::name::GeneralName;
 
-use crate::policy::{CipherSuite, Group, TlsVersion};
 use crate::time::Time;
+use crate::vocabulary::{CipherSuite, Group, TlsVersion};
 
 mod uri;
 

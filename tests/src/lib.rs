@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::sync::OnceLock;
 
-use onerecord_tls::pki::{Certificate, Crl, PrivateKey};
+use onerecord_tls::{Certificate, Crl, PrivateKey};
 use onerecord_tls::{
     ClientPolicy, Error, Event, PeerIdentity, ServerPolicies, Session, Time, TrustStore,
 };

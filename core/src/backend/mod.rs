@@ -6,6 +6,7 @@
 //! - [`engine`]: the unbuffered connection driver and the mapping of rustls errors.
 
 mod alert_spy;
+mod alerts;
 pub(crate) mod engine;
 
 use alloc::string::{String, ToString};
@@ -30,11 +31,12 @@ use rustls::{
 use crate::error::ConfigError;
 use crate::identity::{IdentityRules, LeafCache};
 use crate::policy::{
-    CipherSuite, ClientAuth, ClientPolicyBuilder, Common, Group, LoadedCrl, OwnCert,
-    ServerPolicyBuilder, Tls12Resumption, UnknownStatus, Versions,
+    ClientAuth, ClientPolicyBuilder, Common, LoadedCrl, OwnCert, ServerPolicyBuilder,
+    Tls12Resumption, UnknownStatus,
 };
 use crate::resumption::{ClientEntry, ClientSessionCache, ServerSessionCache, TicketKeys};
 use crate::time::Time;
+use crate::vocabulary::{CipherSuite, Group, Versions};
 
 #[cfg(target_has_atomic = "64")]
 type AtomicSecs = core::sync::atomic::AtomicU64;
@@ -211,13 +213,40 @@ fn spki_parts(spki: &[u8]) -> Result<(&[u8], &[u8]), x509_cert::der::Error> {
     r.finish((alg, key))
 }
 
-/// Check that a CRL is issued by one of `roots` and signed with its key (see
-/// [`crate::pki::check_crl`]). `issuer` is the CRL's issuer for messages.
-pub(crate) fn verify_crl(
-    der: &[u8],
-    roots: &rustls::RootCertStore,
-    issuer: &str,
-) -> Result<(), ConfigError> {
+/// The trust anchors of a [`crate::TrustStore`], as rustls holds them. Cloning is cheap.
+#[derive(Clone, Debug)]
+pub(crate) struct Roots(Arc<rustls::RootCertStore>);
+
+impl Default for Roots {
+    fn default() -> Self {
+        Self(Arc::new(rustls::RootCertStore::empty()))
+    }
+}
+
+impl Roots {
+    /// Add one DER CA certificate; the error says why it is no anchor.
+    pub(crate) fn add(&mut self, der: CertificateDer<'static>) -> Result<(), String> {
+        Arc::make_mut(&mut self.0)
+            .add(der)
+            .map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Check that a CRL is issued by one of these anchors and signed with its key (see
+    /// [`crate::pki::check_crl`]). `issuer` is the CRL's issuer for messages.
+    pub(crate) fn verify_crl(&self, der: &[u8], issuer: &str) -> Result<(), ConfigError> {
+        verify_crl(der, &self.0, issuer)
+    }
+}
+
+fn verify_crl(der: &[u8], roots: &rustls::RootCertStore, issuer: &str) -> Result<(), ConfigError> {
     let bad = |detail: String| ConfigError::BadCrl { index: 0, detail };
     let parts = crl_parts(der).map_err(|e| bad(e.to_string()))?;
     let algs = ring_provider::default_provider().signature_verification_algorithms;
@@ -290,21 +319,69 @@ fn crl_grace(r: &crate::policy::Revocation, crls: &[LoadedCrl]) -> Option<CrlGra
     })
 }
 
+/// A compiled server policy as rustls runs it: the config and the clock it reads.
+#[derive(Debug)]
+pub(crate) struct ServerTls {
+    config: Arc<ServerConfig>,
+    clock: Arc<Clock>,
+}
+
+impl ServerTls {
+    /// A connection for a ClientHello admitted at `now`.
+    pub(crate) fn accept(
+        &self,
+        now: Time,
+    ) -> Result<rustls::server::UnbufferedServerConnection, rustls::Error> {
+        self.clock.set(now);
+        rustls::server::UnbufferedServerConnection::new(self.config.clone())
+    }
+
+    pub(crate) fn clock(&self) -> &Arc<Clock> {
+        &self.clock
+    }
+}
+
+/// A compiled client policy as rustls runs it: the config and the clock it reads.
+#[derive(Debug)]
+pub(crate) struct ClientTls {
+    config: Arc<ClientConfig>,
+    clock: Arc<Clock>,
+}
+
+impl ClientTls {
+    /// A connection to `name`, started at `now`.
+    pub(crate) fn connect(
+        &self,
+        name: ServerName<'static>,
+        now: Time,
+    ) -> Result<rustls::client::UnbufferedClientConnection, rustls::Error> {
+        self.clock.set(now);
+        rustls::client::UnbufferedClientConnection::new(self.config.clone(), name)
+    }
+
+    pub(crate) fn clock(&self) -> &Arc<Clock> {
+        &self.clock
+    }
+}
+
 pub(crate) fn server_config(
     b: &ServerPolicyBuilder,
     suites: &[CipherSuite],
-    clock: Arc<Clock>,
+    now: Time,
     leaves: Arc<LeafCache>,
     crls: &[LoadedCrl],
-) -> Result<Arc<ServerConfig>, ConfigError> {
+) -> Result<ServerTls, ConfigError> {
+    let clock = Arc::new(Clock::new(now));
     let common = &b.common;
     let provider = provider(suites, &common.groups);
     let ck = certified_key(&b.own, &provider)?;
     let verifier: Arc<dyn ClientCertVerifier> = match &b.client_auth {
         ClientAuth::Disabled => WebPkiClientVerifier::no_client_auth(),
         ClientAuth::Optional(trust) | ClientAuth::Required(trust) => {
-            let mut vb =
-                WebPkiClientVerifier::builder_with_provider(trust.checked()?, provider.clone());
+            let mut vb = WebPkiClientVerifier::builder_with_provider(
+                trust.checked()?.0.clone(),
+                provider.clone(),
+            );
             let r = &common.revocation;
             if !r.crls.is_empty() {
                 vb = vb.with_crls(r.crls.iter().cloned());
@@ -329,7 +406,7 @@ pub(crate) fn server_config(
             })
         }
     };
-    let mut cfg = ServerConfig::builder_with_details(provider, clock)
+    let mut cfg = ServerConfig::builder_with_details(provider, clock.clone())
         .with_protocol_versions(versions(common.versions))
         .map_err(tls_config_error)?
         .with_client_cert_verifier(verifier)
@@ -347,7 +424,10 @@ pub(crate) fn server_config(
         Some(cache) if cache.enabled() => Arc::new(cache.clone()),
         _ => Arc::new(NoServerSessionStorage {}),
     };
-    Ok(Arc::new(cfg))
+    Ok(ServerTls {
+        config: Arc::new(cfg),
+        clock,
+    })
 }
 
 fn apply_common(common: &Common, alpn: &mut Vec<Vec<u8>>, mfs: &mut Option<usize>) {
@@ -358,13 +438,15 @@ fn apply_common(common: &Common, alpn: &mut Vec<Vec<u8>>, mfs: &mut Option<usize
 pub(crate) fn client_config(
     b: &ClientPolicyBuilder,
     suites: &[CipherSuite],
-    clock: Arc<Clock>,
+    now: Time,
     leaves: Arc<LeafCache>,
     crls: &[LoadedCrl],
-) -> Result<Arc<ClientConfig>, ConfigError> {
+) -> Result<ClientTls, ConfigError> {
+    let clock = Arc::new(Clock::new(now));
     let common = &b.common;
     let provider = provider(suites, &common.groups);
-    let mut vb = WebPkiServerVerifier::builder_with_provider(b.trust.checked()?, provider.clone());
+    let mut vb =
+        WebPkiServerVerifier::builder_with_provider(b.trust.checked()?.0.clone(), provider.clone());
     let r = &common.revocation;
     if !r.crls.is_empty() {
         vb = vb.with_crls(r.crls.iter().cloned());
@@ -384,7 +466,7 @@ pub(crate) fn client_config(
         .as_ref()
         .map(|own| certified_key(own, &provider))
         .transpose()?;
-    let builder = ClientConfig::builder_with_details(provider, clock)
+    let builder = ClientConfig::builder_with_details(provider, clock.clone())
         .with_protocol_versions(versions(common.versions))
         .map_err(tls_config_error)?;
     let builder = builder
@@ -414,7 +496,10 @@ pub(crate) fn client_config(
         }
         None => Resumption::disabled(),
     };
-    Ok(Arc::new(cfg))
+    Ok(ClientTls {
+        config: Arc::new(cfg),
+        clock,
+    })
 }
 
 #[cfg(feature = "std")]
