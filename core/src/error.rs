@@ -13,7 +13,7 @@ use alloc::string::String;
 use core::fmt;
 use core::time::Duration;
 
-use crate::identity::CertInfo;
+use crate::cert::CertInfo;
 use crate::time::Time;
 
 /// A TLS alert description (RFC 8446 section 6, RFC 5246 section 7.2).

@@ -57,6 +57,7 @@ extern crate std;
 
 mod backend;
 mod buffer;
+mod cert;
 mod error;
 mod event;
 pub mod hello;
@@ -65,6 +66,7 @@ pub mod pki;
 mod policy;
 mod resumption;
 mod session;
+mod spec;
 mod stats;
 mod sync;
 mod time;
@@ -75,19 +77,22 @@ pub use buffer::{
     DEFAULT_MAX_INCOMING, DEFAULT_MAX_OUTGOING, Fixed, Growable, MAX_HANDSHAKE_MESSAGE, MAX_RECORD,
     Storage,
 };
+pub use cert::{CertInfo, Sha256};
 pub use error::{
     Alert, Buffer, ConfigError, Error, Failure, Reason, SendError, TlsDetail, Warning,
 };
 pub use event::Event;
 pub use hello::types::{Admission, ClientHelloInfo};
-pub use identity::{CertInfo, HandshakeKind, IdentityRule, IdentityRules, PeerIdentity, Sha256};
+pub use identity::{HandshakeKind, IdentityRule, IdentityRules, PeerIdentity};
 pub use policy::{
-    ClientAuth, ClientPolicy, ClientPolicyBuilder, DEFAULT_CRL_WARNING, DEFAULT_EXPIRY_WARNING,
-    DEFAULT_HANDSHAKE_TIMEOUT, Revocation, ServerPolicies, ServerPolicy, ServerPolicyBuilder,
-    Tls12Resumption, UnknownStatus,
+    ClientPolicy, ClientPolicyBuilder, ServerPolicies, ServerPolicy, ServerPolicyBuilder,
 };
 pub use resumption::{ClientSessionCache, ServerSessionCache, TICKET_KEY_LEN, TicketKeys};
 pub use session::Session;
+pub use spec::{
+    ClientAuth, DEFAULT_CRL_WARNING, DEFAULT_EXPIRY_WARNING, DEFAULT_HANDSHAKE_TIMEOUT, Revocation,
+    Tls12Resumption, UnknownStatus,
+};
 pub use stats::Stats;
 pub use time::Time;
 pub use trust::{Certificate, Crl, CrlInfo, PrivateKey, TrustStore};

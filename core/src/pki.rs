@@ -12,31 +12,9 @@ use pki_types::pem::{self, PemObject};
 use pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::error::ConfigError;
+use crate::trust::{Crl, CrlInfo, TrustStore, pem_error};
 
-use crate::trust::{Crl, CrlInfo, TrustStore};
-
-fn pem_error(what: &'static str, e: pem::Error) -> ConfigError {
-    ConfigError::Pem {
-        what,
-        detail: alloc::format!("{e:?}"),
-    }
-}
-
-/// Every certificate in a PEM input (other sections, such as keys, are skipped).
-///
-/// Fails with [`ConfigError::NoCertificate`] when there is none.
-pub fn certificates_from_pem(
-    pem: &[u8],
-    what: &'static str,
-) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(what, e))?;
-    if certs.is_empty() {
-        return Err(ConfigError::NoCertificate { what });
-    }
-    Ok(certs)
-}
+pub use crate::trust::certificates_from_pem;
 
 /// The first private key in a PEM input: PKCS#8 (`PRIVATE KEY`), SEC1 (`EC PRIVATE KEY`) or
 /// PKCS#1 (`RSA PRIVATE KEY`).

@@ -4,9 +4,10 @@
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
+use pki_types::pem::{self, PemObject};
 use pki_types::{CertificateDer, CertificateRevocationListDer};
 
-use crate::backend::Roots;
+use crate::backend::roots::Roots;
 use crate::error::ConfigError;
 use crate::time::Time;
 
@@ -14,6 +15,29 @@ pub use pki_types::{CertificateDer as Certificate, PrivateKeyDer as PrivateKey};
 
 /// Certificate revocation list in DER.
 pub type Crl = CertificateRevocationListDer<'static>;
+
+pub(crate) fn pem_error(what: &'static str, e: pem::Error) -> ConfigError {
+    ConfigError::Pem {
+        what,
+        detail: alloc::format!("{e:?}"),
+    }
+}
+
+/// Every certificate in a PEM input (other sections, such as keys, are skipped).
+///
+/// Fails with [`ConfigError::NoCertificate`] when there is none.
+pub fn certificates_from_pem(
+    pem: &[u8],
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(what, e))?;
+    if certs.is_empty() {
+        return Err(ConfigError::NoCertificate { what });
+    }
+    Ok(certs)
+}
 
 /// What a CRL says, parsed (not verified: see [`crate::pki::check_crl`]). For operators and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,7 +113,7 @@ impl TrustStore {
 
     /// Add the CA certificates of a PEM bundle.
     pub fn add_pem(&mut self, bundle: &[u8]) -> Result<usize, ConfigError> {
-        let certs = crate::pki::certificates_from_pem(bundle, "CA bundle")?;
+        let certs = certificates_from_pem(bundle, "CA bundle")?;
         let n = certs.len();
         for (index, der) in certs.into_iter().enumerate() {
             self.add_der(der).map_err(|e| match e {

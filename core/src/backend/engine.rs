@@ -23,11 +23,13 @@ use rustls::{CommonState, ProtocolVersion};
 use super::alert_spy::{self, WriteKeys};
 use super::{Clock, alerts, group_from_rustls, suite_from_rustls};
 use crate::buffer::{Queue, Storage};
+use crate::cert::CertInfo;
 use crate::error::{Alert, Buffer, ConfigError, Error, Reason, SendError};
 use crate::event::Event;
 use crate::hello::{self, Admission};
-use crate::identity::{CertInfo, HandshakeKind, LeafCache, PeerIdentity};
-use crate::policy::{ClientPolicy, LoadedCrl, ServerPolicies};
+use crate::identity::{HandshakeKind, LeafCache, PeerIdentity};
+use crate::policy::{ClientPolicy, ServerPolicies};
+use crate::spec::{DEFAULT_HANDSHAKE_TIMEOUT, LoadedCrl};
 use crate::stats::Stats;
 use crate::time::Time;
 use crate::vocabulary::{TlsVersion, Versions};
@@ -267,7 +269,7 @@ impl<S: Storage> Engine<S> {
             .policies()
             .map(|p| p.handshake_timeout())
             .max()
-            .unwrap_or(crate::policy::DEFAULT_HANDSHAKE_TIMEOUT);
+            .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
         Self::new(
             State::AwaitingHello(policies.clone()),
             incoming,

@@ -3,11 +3,20 @@
 //!
 //! - this file: the caller-driven clock, the crypto provider, rustls configs, our verifiers,
 //!   ticket and session-store trait implementations;
-//! - [`engine`]: the unbuffered connection driver and the mapping of rustls errors.
+//! - [`engine`]: the unbuffered connection driver;
+//! - `alerts`: rustls errors → reasons and alerts, and the alert actually sent;
+//! - `alert_spy`: the record-layer wrapper that notes encrypted alerts;
+//! - [`roots`]: the trust anchors and the CRL signature check;
+//! - [`client_cache`]: the client session store.
+//!
+//! Nothing here imports `policy` or `session`: a policy is compiled from its plain data
+//! (`crate::spec`) into [`ServerTls`] / [`ClientTls`], which the engine runs.
 
 mod alert_spy;
 mod alerts;
+pub(crate) mod client_cache;
 pub(crate) mod engine;
+pub(crate) mod roots;
 
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
@@ -30,11 +39,11 @@ use rustls::{
 
 use crate::error::ConfigError;
 use crate::identity::{IdentityRules, LeafCache};
-use crate::policy::{
-    ClientAuth, ClientPolicyBuilder, Common, LoadedCrl, OwnCert, ServerPolicyBuilder,
-    Tls12Resumption, UnknownStatus,
+use crate::resumption::{ServerSessionCache, TicketKeys};
+use crate::spec::{
+    ClientAuth, ClientSpec, Common, LoadedCrl, OwnCert, Revocation, ServerSpec, Tls12Resumption,
+    UnknownStatus,
 };
-use crate::resumption::{ClientEntry, ClientSessionCache, ServerSessionCache, TicketKeys};
 use crate::time::Time;
 use crate::vocabulary::{CipherSuite, Group, Versions};
 
@@ -164,130 +173,6 @@ fn certified_key(
     }
 }
 
-/// The parts of a DER CRL that its signature covers and needs: the whole `tbsCertList`, the
-/// `signatureAlgorithm` contents, the signature bits, and the raw issuer `Name` contents.
-struct CrlParts<'a> {
-    tbs: &'a [u8],
-    alg: &'a [u8],
-    signature: &'a [u8],
-    issuer: &'a [u8],
-}
-
-fn crl_parts(der: &[u8]) -> Result<CrlParts<'_>, x509_cert::der::Error> {
-    use x509_cert::der::asn1::{AnyRef, BitStringRef};
-    use x509_cert::der::{Decode, Reader, SliceReader, Tag};
-    let mut r = SliceReader::new(der)?;
-    let (tbs, alg, signature) = r.sequence(|r| {
-        let tbs = r.tlv_bytes()?;
-        let alg = AnyRef::decode(r)?.value();
-        let sig = BitStringRef::decode(r)?.raw_bytes();
-        Ok((tbs, alg, sig))
-    })?;
-    r.finish(())?;
-    let mut t = SliceReader::new(tbs)?;
-    let issuer = t.sequence(|t| {
-        if t.peek_tag()? == Tag::Integer {
-            AnyRef::decode(t)?;
-        }
-        AnyRef::decode(t)?;
-        let issuer = AnyRef::decode(t)?.value();
-        let rest = t.remaining_len();
-        t.read_slice(rest)?;
-        Ok(issuer)
-    })?;
-    Ok(CrlParts {
-        tbs,
-        alg,
-        signature,
-        issuer,
-    })
-}
-
-/// The `(algorithm contents, key bits)` of a DER `SubjectPublicKeyInfo`'s contents.
-fn spki_parts(spki: &[u8]) -> Result<(&[u8], &[u8]), x509_cert::der::Error> {
-    use x509_cert::der::asn1::{AnyRef, BitStringRef};
-    use x509_cert::der::{Decode, Reader, SliceReader};
-    let mut r = SliceReader::new(spki)?;
-    let alg = AnyRef::decode(&mut r)?.value();
-    let key = BitStringRef::decode(&mut r)?.raw_bytes();
-    r.finish((alg, key))
-}
-
-/// The trust anchors of a [`crate::TrustStore`], as rustls holds them. Cloning is cheap.
-#[derive(Clone, Debug)]
-pub(crate) struct Roots(Arc<rustls::RootCertStore>);
-
-impl Default for Roots {
-    fn default() -> Self {
-        Self(Arc::new(rustls::RootCertStore::empty()))
-    }
-}
-
-impl Roots {
-    /// Add one DER CA certificate; the error says why it is no anchor.
-    pub(crate) fn add(&mut self, der: CertificateDer<'static>) -> Result<(), String> {
-        Arc::make_mut(&mut self.0)
-            .add(der)
-            .map_err(|e| e.to_string())
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Check that a CRL is issued by one of these anchors and signed with its key (see
-    /// [`crate::pki::check_crl`]). `issuer` is the CRL's issuer for messages.
-    pub(crate) fn verify_crl(&self, der: &[u8], issuer: &str) -> Result<(), ConfigError> {
-        verify_crl(der, &self.0, issuer)
-    }
-}
-
-fn verify_crl(der: &[u8], roots: &rustls::RootCertStore, issuer: &str) -> Result<(), ConfigError> {
-    let bad = |detail: String| ConfigError::BadCrl { index: 0, detail };
-    let parts = crl_parts(der).map_err(|e| bad(e.to_string()))?;
-    let algs = ring_provider::default_provider().signature_verification_algorithms;
-    let mut detail = None;
-    for anchor in roots
-        .roots
-        .iter()
-        .filter(|a| a.subject.as_ref() == parts.issuer)
-    {
-        let Ok((key_alg, key)) = spki_parts(anchor.subject_public_key_info.as_ref()) else {
-            continue;
-        };
-        let mut candidates = algs.all.iter().filter(|a| {
-            a.public_key_alg_id().as_ref() == key_alg && a.signature_alg_id().as_ref() == parts.alg
-        });
-        let mut any = false;
-        if candidates.any(|a| {
-            any = true;
-            a.verify_signature(key, parts.tbs, parts.signature).is_ok()
-        }) {
-            return Ok(());
-        }
-        detail = Some(if any {
-            "bad signature"
-        } else {
-            "signature algorithm does not match the issuer's key or is not supported"
-        });
-    }
-    match detail {
-        Some(d) => Err(ConfigError::CrlBadSignature {
-            index: 0,
-            issuer: issuer.to_string(),
-            detail: d.to_string(),
-        }),
-        None => Err(ConfigError::CrlIssuerUnknown {
-            index: 0,
-            issuer: issuer.to_string(),
-        }),
-    }
-}
-
 fn crl_error(e: rustls::server::VerifierBuilderError) -> ConfigError {
     match e {
         rustls::server::VerifierBuilderError::NoRootAnchors => ConfigError::EmptyTrustStore,
@@ -301,11 +186,11 @@ fn crl_error(e: rustls::server::VerifierBuilderError) -> ConfigError {
 
 /// webpki's own `nextUpdate` check has no grace: with a grace it is left off and
 /// [`CrlGrace`] checks expiry instead.
-fn enforce_expiry_in_webpki(r: &crate::policy::Revocation) -> bool {
+fn enforce_expiry_in_webpki(r: &Revocation) -> bool {
     r.enforce_crl_expiry && r.grace.is_zero()
 }
 
-fn crl_grace(r: &crate::policy::Revocation, crls: &[LoadedCrl]) -> Option<CrlGrace> {
+fn crl_grace(r: &Revocation, crls: &[LoadedCrl]) -> Option<CrlGrace> {
     if crls.is_empty() || !r.enforce_crl_expiry || r.grace.is_zero() {
         return None;
     }
@@ -365,7 +250,7 @@ impl ClientTls {
 }
 
 pub(crate) fn server_config(
-    b: &ServerPolicyBuilder,
+    b: &ServerSpec,
     suites: &[CipherSuite],
     now: Time,
     leaves: Arc<LeafCache>,
@@ -379,7 +264,7 @@ pub(crate) fn server_config(
         ClientAuth::Disabled => WebPkiClientVerifier::no_client_auth(),
         ClientAuth::Optional(trust) | ClientAuth::Required(trust) => {
             let mut vb = WebPkiClientVerifier::builder_with_provider(
-                trust.checked()?.0.clone(),
+                trust.checked()?.store(),
                 provider.clone(),
             );
             let r = &common.revocation;
@@ -436,7 +321,7 @@ fn apply_common(common: &Common, alpn: &mut Vec<Vec<u8>>, mfs: &mut Option<usize
 }
 
 pub(crate) fn client_config(
-    b: &ClientPolicyBuilder,
+    b: &ClientSpec,
     suites: &[CipherSuite],
     now: Time,
     leaves: Arc<LeafCache>,
@@ -446,7 +331,7 @@ pub(crate) fn client_config(
     let common = &b.common;
     let provider = provider(suites, &common.groups);
     let mut vb =
-        WebPkiServerVerifier::builder_with_provider(b.trust.checked()?.0.clone(), provider.clone());
+        WebPkiServerVerifier::builder_with_provider(b.trust.checked()?.store(), provider.clone());
     let r = &common.revocation;
     if !r.crls.is_empty() {
         vb = vb.with_crls(r.crls.iter().cloned());
@@ -486,7 +371,7 @@ pub(crate) fn client_config(
     cfg.enable_early_data = false;
     cfg.resumption = match &b.cache {
         Some(cache) => {
-            Resumption::store(Arc::new(cache.clone())).tls12_resumption(match b.tls12_resumption {
+            Resumption::store(cache.0.clone()).tls12_resumption(match b.tls12_resumption {
                 Tls12Resumption::TicketsOrSessionId => {
                     rustls::client::Tls12Resumption::SessionIdOrTickets
                 }
@@ -556,7 +441,7 @@ impl CrlGrace {
             issuers.extend(
                 intermediates
                     .iter()
-                    .filter_map(|c| crate::identity::CertInfo::parse(c).ok())
+                    .filter_map(|c| crate::cert::CertInfo::parse(c).ok())
                     .map(|c| c.issuer),
             );
         }
@@ -784,93 +669,5 @@ impl StoresServerSessions for ServerSessionCache {
     }
     fn can_cache(&self) -> bool {
         self.enabled()
-    }
-}
-
-impl ClientSessionCache {
-    /// Run `f` on the entry for `name`, creating it (and evicting the oldest) if needed;
-    /// the entry moves to the most-recent end.
-    fn with_entry<R>(
-        &self,
-        name: &ServerName<'_>,
-        f: impl FnOnce(&mut crate::resumption::RustlsClientEntry) -> R,
-    ) -> Option<R> {
-        if self.0.capacity == 0 {
-            return None;
-        }
-        let mut entries = self.0.entries.lock();
-        let entry = match entries.iter().position(|e| e.name == *name) {
-            Some(i) => entries.remove(i)?,
-            None => ClientEntry {
-                name: name.to_owned(),
-                kx_hint: None,
-                tls12: None,
-                tls13: Default::default(),
-            },
-        };
-        entries.push_back(entry);
-        while entries.len() > self.0.capacity {
-            entries.pop_front();
-        }
-        entries.back_mut().map(f)
-    }
-
-    fn find<R>(
-        &self,
-        name: &ServerName<'_>,
-        f: impl FnOnce(&mut crate::resumption::RustlsClientEntry) -> R,
-    ) -> Option<R> {
-        let mut entries = self.0.entries.lock();
-        entries.iter_mut().find(|e| e.name == *name).map(f)
-    }
-}
-
-impl rustls::client::ClientSessionStore for ClientSessionCache {
-    fn set_kx_hint(&self, server_name: ServerName<'static>, group: rustls::NamedGroup) {
-        self.with_entry(&server_name, |e| e.kx_hint = Some(group));
-    }
-
-    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
-        self.find(server_name, |e| e.kx_hint).flatten()
-    }
-
-    fn set_tls12_session(
-        &self,
-        server_name: ServerName<'static>,
-        value: rustls::client::Tls12ClientSessionValue,
-    ) {
-        self.with_entry(&server_name, |e| e.tls12 = Some(value));
-    }
-
-    fn tls12_session(
-        &self,
-        server_name: &ServerName<'_>,
-    ) -> Option<rustls::client::Tls12ClientSessionValue> {
-        self.find(server_name, |e| e.tls12.clone()).flatten()
-    }
-
-    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
-        self.find(server_name, |e| e.tls12 = None);
-    }
-
-    fn insert_tls13_ticket(
-        &self,
-        server_name: ServerName<'static>,
-        value: rustls::client::Tls13ClientSessionValue,
-    ) {
-        self.with_entry(&server_name, |e| {
-            if e.tls13.len() >= ClientSessionCache::TICKETS_PER_SERVER {
-                e.tls13.pop_front();
-            }
-            e.tls13.push_back(value);
-        });
-    }
-
-    fn take_tls13_ticket(
-        &self,
-        server_name: &ServerName<'static>,
-    ) -> Option<rustls::client::Tls13ClientSessionValue> {
-        // Newest first: it has the longest remaining lifetime.
-        self.find(server_name, |e| e.tls13.pop_back()).flatten()
     }
 }
