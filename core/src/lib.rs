@@ -94,6 +94,6 @@ pub use spec::{
     Tls12Resumption, UnknownStatus,
 };
 pub use stats::Stats;
-pub use time::Time;
+pub use time::{Instant, Now, Time};
 pub use trust::{Certificate, Crl, CrlInfo, PrivateKey, TrustStore};
 pub use vocabulary::{CipherSuite, Group, TlsVersion, Versions};

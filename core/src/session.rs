@@ -5,7 +5,7 @@
 //! 1. Bytes from the peer: copy them into [`Session::receive_buffer`], then
 //!    [`Session::received`]. End of stream: [`Session::received_eof`].
 //! 2. After every input (bytes, [`Session::send`], [`Session::close`], a timer firing), call
-//!    [`Session::process`] with the current time. It advances the handshake and reports
+//!    [`Session::process`] with the current time ([`crate::Now`]). It advances the handshake and reports
 //!    [`Event`]s in order: `Established` (before any application byte), `Data`,
 //!    `PeerClosed`, `Closed`.
 //! 3. Transmit [`Session::transmit`] and acknowledge with [`Session::transmitted`]. Do this
@@ -24,7 +24,7 @@ use crate::event::Event;
 use crate::identity::PeerIdentity;
 use crate::policy::{ClientPolicy, ServerPolicies};
 use crate::stats::Stats;
-use crate::time::Time;
+use crate::time::{Instant, Now};
 
 /// Initial size of growable buffers (one ClientHello or a small flight).
 const INITIAL_BUFFER: usize = 4096;
@@ -42,7 +42,7 @@ pub struct Session<S: Storage = Growable> {
 impl Session<Growable> {
     /// A server session. The policy is chosen from `policies` by the ClientHello's SNI once
     /// it has arrived (no TLS state and no crypto before that).
-    pub fn server(policies: &ServerPolicies, now: Time) -> Self {
+    pub fn server(policies: &ServerPolicies, now: impl Into<Now>) -> Self {
         Self::server_with_buffers(policies, now, default_incoming(), default_outgoing())
     }
 
@@ -52,7 +52,7 @@ impl Session<Growable> {
     pub fn client(
         policy: &ClientPolicy,
         server_name: &str,
-        now: Time,
+        now: impl Into<Now>,
     ) -> Result<Self, ConfigError> {
         Self::client_with_buffers(
             policy,
@@ -76,12 +76,12 @@ impl<S: Storage> Session<S> {
     /// A server session over the given buffers.
     pub fn server_with_buffers(
         policies: &ServerPolicies,
-        now: Time,
+        now: impl Into<Now>,
         incoming: S,
         outgoing: S,
     ) -> Self {
         Self {
-            engine: Engine::new_server(policies, now, incoming, outgoing),
+            engine: Engine::new_server(policies, now.into(), incoming, outgoing),
         }
     }
 
@@ -89,12 +89,12 @@ impl<S: Storage> Session<S> {
     pub fn client_with_buffers(
         policy: &ClientPolicy,
         server_name: &str,
-        now: Time,
+        now: impl Into<Now>,
         incoming: S,
         outgoing: S,
     ) -> Result<Self, ConfigError> {
         Ok(Self {
-            engine: Engine::new_client(policy, server_name, now, incoming, outgoing)?,
+            engine: Engine::new_client(policy, server_name, now.into(), incoming, outgoing)?,
         })
     }
 
@@ -127,12 +127,17 @@ impl<S: Storage> Session<S> {
     }
 
     /// Advance the session with the bytes received so far, reporting [`Event`]s to
-    /// `on_event`. `now` drives certificate validity and the handshake deadline.
+    /// `on_event`. `now` is a [`Now`] or a [`crate::Time`]: its wall-clock time drives
+    /// certificate validity, its monotonic instant the handshake deadline.
     ///
     /// Work is bounded by the bytes received. On `Err` the session is terminal; transmit
     /// what [`Session::transmit`] holds (the alert), then close the transport.
-    pub fn process(&mut self, now: Time, mut on_event: impl FnMut(Event<'_>)) -> Result<(), Error> {
-        self.engine.process(now, &mut on_event)
+    pub fn process(
+        &mut self,
+        now: impl Into<Now>,
+        mut on_event: impl FnMut(Event<'_>),
+    ) -> Result<(), Error> {
+        self.engine.process(now.into(), &mut on_event)
     }
 
     /// TLS bytes to send to the peer (handshake flights, records, alerts).
@@ -167,9 +172,10 @@ impl<S: Storage> Session<S> {
     }
 
     /// When [`Session::process`] must be called even if nothing arrives (the handshake
-    /// deadline), or `None`.
+    /// deadline, on the monotonic clock of the [`Now`] the session is driven with), or
+    /// `None`.
     #[must_use = "the session must be processed again at this time"]
-    pub fn poll_timeout(&self) -> Option<Time> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.engine.poll_timeout()
     }
 

@@ -2,7 +2,9 @@
 //! buffers. No transport, no clock, no allocation of our own.
 
 use onerecord_tls::Fixed;
-use onerecord_tls::{ClientPolicy, Event, PeerIdentity, Reason, ServerPolicies, Session, Time};
+use onerecord_tls::{
+    ClientPolicy, Event, Instant, PeerIdentity, Reason, ServerPolicies, Session, Time,
+};
 
 use crate::error::{Buffer, Error};
 
@@ -316,8 +318,9 @@ impl<B: AsMut<[u8]> + AsRef<[u8]>> Tls<B> {
         self.session.error().map(|e| Error::Tls(e.clone()))
     }
 
-    /// When [`Tls::process`] must be called even if nothing arrives (handshake deadline).
-    pub fn poll_timeout(&self) -> Option<Time> {
+    /// When [`Tls::process`] must be called even if nothing arrives (handshake deadline), on
+    /// the clock of the `now` passed in (a [`Time`] alone: the wall clock).
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.session.poll_timeout()
     }
 

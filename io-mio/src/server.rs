@@ -12,7 +12,7 @@ use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use onerecord_tls::{
-    CertInfo, ClientPolicy, Error, Event, PeerIdentity, Reason, ServerPolicies, Session, Time,
+    CertInfo, ClientPolicy, Error, Event, Now, PeerIdentity, Reason, ServerPolicies, Session, Time,
 };
 
 use crate::metrics::{Counters, Metrics};
@@ -785,19 +785,19 @@ impl Worker {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr()?;
         let now = Instant::now();
-        let wall = Time::now();
+        let tls_now = Now::new(Time::now(), onerecord_tls::Instant::from_std(now));
         let (tls, plain, session) = match &mode {
             Mode::Terminate { policies, .. } => (
                 Sock::new(stream, true),
                 None,
-                Session::server(policies, wall),
+                Session::server(policies, tls_now),
             ),
             Mode::Originate {
                 policy,
                 connect,
                 server_name,
             } => {
-                let session = Session::client(policy, server_name, wall)
+                let session = Session::client(policy, server_name, tls_now)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
                 let out = TcpStream::connect(*connect)?;
                 (
@@ -923,17 +923,10 @@ impl Worker {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        let wall = Time::now();
         let deadline = if let Some(since) = c.closing_since {
             Some(since + limits.linger)
         } else if !c.session.is_established() {
-            c.session.poll_timeout().map(|t| {
-                if t <= wall {
-                    now
-                } else {
-                    now + Duration::from_millis(t.as_unix_millis() - wall.as_unix_millis())
-                }
-            })
+            c.session.poll_timeout().map(|t| t.to_std().max(now))
         } else {
             Some(c.last_activity + limits.idle_timeout)
         };
@@ -1010,7 +1003,7 @@ fn drive(
     counters: &mut Counters,
     new_plain: &mut Option<SocketAddr>,
 ) -> Done {
-    let wall = Time::now();
+    let tls_now = Now::new(Time::now(), onerecord_tls::Instant::from_std(now));
     if wake == Wake::Timer {
         if let Some(since) = c.closing_since {
             if now >= since + limits.linger {
@@ -1093,7 +1086,7 @@ fn drive(
 
         // 2. The session.
         if progress && !c.session.is_terminal() {
-            process(c, wall, counters, new_plain);
+            process(c, tls_now, counters, new_plain);
             if c.tls.eof && !c.session.is_terminal() && !c.session.peer_closed() {
                 let _ = c.session.received_eof();
                 note_failure(c, counters);
@@ -1119,7 +1112,7 @@ fn drive(
             if c.to_tls.is_empty() && c.close_after_flush {
                 c.end.get_or_insert(End::Closed);
                 c.session.close();
-                let _ = c.session.process(wall, |_| {});
+                let _ = c.session.process(tls_now, |_| {});
                 progress = true;
             }
         } else if c.close_after_flush && !c.session.is_established() && !c.session.is_terminal() {
@@ -1355,7 +1348,7 @@ fn note_failure(c: &mut Conn, counters: &mut Counters) {
 }
 
 /// Run the session over the received bytes and route its events.
-fn process(c: &mut Conn, wall: Time, counters: &mut Counters, new_plain: &mut Option<SocketAddr>) {
+fn process(c: &mut Conn, now: Now, counters: &mut Counters, new_plain: &mut Option<SocketAddr>) {
     let Conn {
         session,
         app,
@@ -1373,7 +1366,7 @@ fn process(c: &mut Conn, wall: Time, counters: &mut Counters, new_plain: &mut Op
     } = c;
     let mut reply = Reply::default();
     let mut peer_closed = false;
-    let res = session.process(wall, |ev| match ev {
+    let res = session.process(now, |ev| match ev {
         Event::Established(id) => {
             counters.handshake(id.version, id.resumed(), opened.elapsed());
             log_access(mode, *remote, *local, id);

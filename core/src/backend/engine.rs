@@ -31,7 +31,7 @@ use crate::identity::{HandshakeKind, LeafCache, PeerIdentity};
 use crate::policy::{ClientPolicy, ServerPolicies};
 use crate::spec::{DEFAULT_HANDSHAKE_TIMEOUT, LoadedCrl};
 use crate::stats::Stats;
-use crate::time::Time;
+use crate::time::{Instant, Now, Time};
 use crate::vocabulary::{TlsVersion, Versions};
 
 /// The rustls connection of either role.
@@ -120,7 +120,8 @@ pub(crate) struct Engine<S> {
     incoming: Queue<S>,
     outgoing: Queue<S>,
     clock: Option<Arc<Clock>>,
-    deadline: Option<Time>,
+    /// The handshake deadline (monotonic), while handshaking.
+    deadline: Option<Instant>,
     timeout: Duration,
     /// The verified peer; `Some` from the moment the handshake completed.
     identity: Option<PeerIdentity>,
@@ -207,7 +208,7 @@ impl<S: Storage> Engine<S> {
         incoming: S,
         outgoing: S,
         clock: Option<Arc<Clock>>,
-        now: Time,
+        now: Now,
         timeout: Duration,
     ) -> Self {
         Self {
@@ -215,7 +216,7 @@ impl<S: Storage> Engine<S> {
             incoming: Queue::new(incoming),
             outgoing: Queue::new(outgoing),
             clock,
-            deadline: Some(now.saturating_add(timeout)),
+            deadline: Some(now.instant.saturating_add(timeout)),
             timeout,
             identity: None,
             leaves: None,
@@ -231,7 +232,7 @@ impl<S: Storage> Engine<S> {
     pub(crate) fn new_client(
         policy: &ClientPolicy,
         server_name: &str,
-        now: Time,
+        now: Now,
         incoming: S,
         outgoing: S,
     ) -> Result<Self, ConfigError> {
@@ -241,7 +242,7 @@ impl<S: Storage> Engine<S> {
             })?
             .to_owned();
         let tls = policy.tls();
-        let conn = tls.connect(name, now).map_err(|e| ConfigError::Tls {
+        let conn = tls.connect(name, now.time).map_err(|e| ConfigError::Tls {
             detail: alloc::format!("{e}"),
         })?;
         let mut e = Self::new(
@@ -261,7 +262,7 @@ impl<S: Storage> Engine<S> {
 
     pub(crate) fn new_server(
         policies: &ServerPolicies,
-        now: Time,
+        now: Now,
         incoming: S,
         outgoing: S,
     ) -> Self {
@@ -333,7 +334,7 @@ impl<S: Storage> Engine<S> {
     }
 
     /// The handshake deadline, while handshaking.
-    pub(crate) fn poll_timeout(&self) -> Option<Time> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         if self.is_established() {
             None
         } else {
@@ -479,22 +480,22 @@ impl<S: Storage> Engine<S> {
     /// Drive rustls with the bytes received so far; report upward through `out`.
     pub(crate) fn process(
         &mut self,
-        now: Time,
+        now: Now,
         out: &mut dyn FnMut(Event<'_>),
     ) -> Result<(), Error> {
         if let Some(e) = self.error() {
             return Err(e.clone());
         }
         if let Some(clock) = &self.clock {
-            clock.set(now);
+            clock.set(now.time);
         }
         if let Some(deadline) = self.deadline {
-            if !self.is_established() && now >= deadline {
+            if !self.is_established() && now.instant >= deadline {
                 let after = self.timeout;
                 return Err(self.fail(Error::new(Reason::HandshakeTimeout { after }, None)));
             }
         }
-        if !self.admit(now)? {
+        if !self.admit(now.time)? {
             return Ok(());
         }
         // The connection is taken out of the state while rustls runs, leaving `Closed` with
