@@ -41,6 +41,21 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Layers
+//!
+//! Imports flow one way, from each line to the lines above it:
+//!
+//! 1. plain data and parsers: `vocabulary` (versions, suites, groups), `time`, `buffer`,
+//!    `cert` ([`CertInfo`]), `error`, `identity`, `event`, [`hello`], `stats`;
+//! 2. what a policy says: `trust` ([`TrustStore`], [`CrlInfo`]), `resumption`, `spec` (the
+//!    plain data the builders collect); [`pki`] (loaders);
+//! 3. `backend`: everything that names a rustls type — compiles a spec into a rustls config
+//!    (`ServerTls`/`ClientTls`), the verifiers, the root store, the client session store,
+//!    the error → alert mapping;
+//! 4. `policy`: the builders; `build` checks a spec and has the backend compile it;
+//! 5. `backend::engine` (drives one rustls connection of a policy) and `session`
+//!    ([`Session`], the public state machine over it).
+//!
 //! Every type is at the crate root, and only there. Two public modules hold functions:
 //! [`pki`] (loading certificates, keys, CA bundles and CRLs) and [`hello`] (ClientHello
 //! admission before any crypto). The run loop is documented on [`Session`].

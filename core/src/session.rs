@@ -121,7 +121,7 @@ impl<S: Storage> Session<S> {
     }
 
     /// The transport reached end of stream. After a clean close this is `Ok`; otherwise the
-    /// session fails with [`Reason::UnexpectedEof`] (truncation is never silent).
+    /// session fails with [`crate::Reason::UnexpectedEof`] (truncation is never silent).
     pub fn received_eof(&mut self) -> Result<(), Error> {
         self.engine.received_eof()
     }

@@ -27,7 +27,7 @@ pub enum ClientAuth {
     Disabled,
     /// A certificate is requested; a client without one is accepted (anonymous), a client
     /// with one must pass verification. With identity rules
-    /// ([`ServerPolicyBuilder::allow`]) this becomes [`ClientAuth::Required`]: an allow-list
+    /// ([`crate::ServerPolicyBuilder::allow`]) this becomes [`ClientAuth::Required`]: an allow-list
     /// never admits a client that presents nothing.
     Optional(TrustStore),
     /// mTLS: a client without a valid certificate is refused.
@@ -72,7 +72,7 @@ pub struct Revocation {
     /// (bounded fail-open, for a CRL publisher that is late). Zero, the default, fails
     /// closed at `nextUpdate`. Callers should log a non-zero grace: it weakens the policy.
     pub grace: Duration,
-    /// Warn ([`Warning::CrlExpiresSoon`]) when a CRL's `nextUpdate` is this close at build.
+    /// Warn ([`crate::Warning::CrlExpiresSoon`]) when a CRL's `nextUpdate` is this close at build.
     pub warning: Duration,
     /// Check only the leaf (not intermediates).
     pub end_entity_only: bool,
