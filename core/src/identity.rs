@@ -43,7 +43,9 @@ pub struct PeerIdentity {
     pub leaf: Option<CertInfo>,
     /// Negotiated protocol version.
     pub version: TlsVersion,
-    /// Negotiated cipher suite.
+    /// Negotiated cipher suite, as negotiated: never a default. (rustls negotiates only the
+    /// policy's suites; a suite outside [`CipherSuite`] would fail the session with
+    /// [`crate::Reason::Internal`] rather than be reported as another.)
     pub suite: CipherSuite,
     /// Key exchange group, when one was used (a TLS 1.2 resumption uses none).
     pub group: Option<Group>,
