@@ -198,3 +198,27 @@ fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use alloc::string::ToString;
+
+    use super::*;
+
+    #[test]
+    fn sha256_hex_round_trip_accepts_colons() {
+        let d = Sha256::of(b"abc");
+        let hex = d.to_string();
+        assert_eq!(hex.len(), 64);
+        assert_eq!(Sha256::from_hex(&hex), Some(d));
+        let with_colons: String = hex
+            .as_bytes()
+            .chunks(2)
+            .map(|c| core::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(":");
+        assert_eq!(Sha256::from_hex(&with_colons.to_uppercase()), Some(d));
+        assert_eq!(Sha256::from_hex("abc"), None);
+        assert_eq!(Sha256::from_hex(&alloc::format!("{hex}00")), None);
+    }
+}

@@ -280,23 +280,6 @@ mod tests {
 
     use crate::time::Time;
 
-    #[test]
-    fn sha256_hex_round_trip_accepts_colons() {
-        let d = Sha256::of(b"abc");
-        let hex = d.to_string();
-        assert_eq!(hex.len(), 64);
-        assert_eq!(Sha256::from_hex(&hex), Some(d));
-        let with_colons: String = hex
-            .as_bytes()
-            .chunks(2)
-            .map(|c| core::str::from_utf8(c).unwrap())
-            .collect::<Vec<_>>()
-            .join(":");
-        assert_eq!(Sha256::from_hex(&with_colons.to_uppercase()), Some(d));
-        assert_eq!(Sha256::from_hex("abc"), None);
-        assert_eq!(Sha256::from_hex(&alloc::format!("{hex}00")), None);
-    }
-
     /// (rule, certificate URI, matches as `UriPrefix`, matches as `UriExact`).
     const URI_TABLE: &[(&str, &str, bool, bool)] = &[
         // The cases.
