@@ -9,7 +9,7 @@ use alloc::string::ToString;
 use alloc::vec::Vec;
 
 use pki_types::pem::{self, PemObject};
-use pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use pki_types::{CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::error::ConfigError;
 use crate::trust::{Crl, CrlInfo, TrustStore, pem_error};
@@ -112,7 +112,7 @@ mod files {
     /// [`certificates_from_pem`] on a file.
     pub fn certificates_from_file(
         path: impl AsRef<Path>,
-    ) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    ) -> Result<Vec<crate::trust::Certificate<'static>>, ConfigError> {
         let path = path.as_ref();
         certificates_from_pem(&read(path)?, "certificate file").map_err(|e| e.in_file(name(path)))
     }
