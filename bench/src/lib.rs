@@ -16,8 +16,8 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use onerecord_tls::pki::{Certificate, PrivateKey};
-use onerecord_tls::policy::{CipherSuite, Tls12Resumption};
+use onerecord_tls::{Certificate, PrivateKey};
+use onerecord_tls::{CipherSuite, Tls12Resumption};
 use onerecord_tls::{
     ClientPolicy, Event, ServerPolicies, ServerPolicy, Session, Time, TrustStore, Versions,
 };
@@ -191,7 +191,7 @@ impl Pki {
         mtls: bool,
         versions: Versions,
         resume: bool,
-    ) -> onerecord_tls::policy::ClientPolicyBuilder {
+    ) -> onerecord_tls::ClientPolicyBuilder {
         let mut b = ClientPolicy::builder(self.trust()).versions(versions);
         if mtls {
             b = b.client_cert(self.client_chain.clone(), Self::key(&self.client_key));

@@ -65,7 +65,7 @@ fn main() -> Res<()> {
     ));
     let client_cert = client_params.signed_by(&client_key, &ca)?;
     let trust = TrustStore::from_pem(ca.pem().as_bytes())?;
-    let key = |k: &KeyPair| onerecord_tls::pki::PrivateKey::Pkcs8(k.serialize_der().into());
+    let key = |k: &KeyPair| onerecord_tls::PrivateKey::Pkcs8(k.serialize_der().into());
 
     let server_policy = ServerPolicy::builder(vec![server_cert.der().clone()], key(&server_key))
         .require_client_auth(trust.clone())

@@ -42,8 +42,10 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use onerecord_tls::pki::{Certificate, PrivateKey};
-use onerecord_tls::{Event, IdentityRule, ServerPolicies, ServerPolicy, Session, Time, TrustStore};
+use onerecord_tls::{Certificate, PrivateKey};
+use onerecord_tls::{
+    Event, IdentityRule, Instant, Now, ServerPolicies, ServerPolicy, Session, Time, TrustStore,
+};
 
 /// Close an established connection that stays silent this long.
 const IDLE: Duration = Duration::from_secs(120);
@@ -69,13 +71,13 @@ pub fn serve(
     policy: &ServerPolicies,
     app: &mut impl App,
 ) -> Result<(), Box<dyn Error>> {
-    let mut tls = Session::server(policy, Time::now());
+    let mut tls = Session::server(policy, Now::system());
     let mut reply = Vec::new();
     while !tls.is_terminal() {
         // 1. Bytes in, waiting at most until the handshake deadline (or the idle limit).
         let wait = tls
             .poll_timeout()
-            .map_or(IDLE, |t| t.saturating_duration_since(Time::now()));
+            .map_or(IDLE, |t| t.saturating_duration_since(Instant::now()));
         socket.set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
         let mut last_round = false;
         match socket.read(tls.receive_buffer()) {
@@ -91,7 +93,7 @@ pub fn serve(
             Err(e) => return Err(e.into()),
         }
         // 2. Events up, in order; a refusal queues its alert for step 3.
-        let result = tls.process(Time::now(), |event| match event {
+        let result = tls.process(Now::system(), |event| match event {
             Event::Established(peer) => app.on_established(peer), // verified, before any data
             Event::Data(bytes) => app.on_data(bytes, &mut reply),
             Event::PeerClosed | Event::Closed => {}

@@ -13,7 +13,7 @@ use alloc::string::String;
 use core::fmt;
 use core::time::Duration;
 
-use crate::identity::CertInfo;
+use crate::cert::CertInfo;
 use crate::time::Time;
 
 /// A TLS alert description (RFC 8446 section 6, RFC 5246 section 7.2).
@@ -225,6 +225,8 @@ pub enum Reason {
     ProtocolViolation,
     /// The peer needed more buffer than the session may use.
     BufferLimit {
+        /// Which buffer was too small.
+        buffer: Buffer,
         /// Bytes the next step needs.
         required: usize,
         /// The configured bound.
@@ -335,15 +337,55 @@ impl fmt::Display for Reason {
             Self::NoApplicationProtocol => f.write_str("no application protocol (ALPN) in common"),
             Self::PeerAlert(a) => write!(f, "peer sent fatal alert {a}"),
             Self::ProtocolViolation => f.write_str("peer violated the TLS protocol"),
-            Self::BufferLimit { required, limit } => {
+            Self::BufferLimit {
+                buffer,
+                required,
+                limit,
+            } => {
                 write!(
                     f,
-                    "peer needs a {required}-byte buffer, the limit is {limit} bytes"
+                    "peer needs a {required}-byte {buffer} buffer, the limit is {limit} bytes"
                 )
             }
             Self::UnexpectedEof => f.write_str("connection closed without close_notify"),
             Self::Internal => f.write_str("internal error"),
         }
+    }
+}
+
+/// One of a session's two buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Buffer {
+    /// Bytes received from the peer, not yet processed.
+    Incoming,
+    /// TLS bytes waiting to be transmitted.
+    Outgoing,
+}
+
+impl fmt::Display for Buffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Incoming => "incoming",
+            Self::Outgoing => "outgoing",
+        })
+    }
+}
+
+/// The TLS library's own description of a failure, for diagnostics (its wording is not
+/// stable; match on [`Reason`] instead).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsDetail(Box<str>);
+
+impl TlsDetail {
+    /// The description.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TlsDetail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -449,7 +491,7 @@ impl Failure {
 pub struct Error {
     reason: Reason,
     alert_sent: Option<Alert>,
-    tls: Option<rustls::Error>,
+    tls: Option<TlsDetail>,
     presented: Option<Box<CertInfo>>,
 }
 
@@ -468,8 +510,9 @@ impl Error {
         self
     }
 
-    pub(crate) fn with_tls(mut self, e: rustls::Error) -> Self {
-        self.tls = Some(e);
+    /// Attach the TLS library's description of the failure.
+    pub(crate) fn with_tls(mut self, e: impl fmt::Display) -> Self {
+        self.tls = Some(TlsDetail(alloc::format!("{e}").into()));
         self
     }
 
@@ -503,8 +546,8 @@ impl Error {
         self.presented.as_deref()
     }
 
-    /// The rustls error behind this failure, for diagnostics.
-    pub fn tls_error(&self) -> Option<&rustls::Error> {
+    /// The TLS library's description of this failure, for diagnostics.
+    pub fn tls_detail(&self) -> Option<&TlsDetail> {
         self.tls.as_ref()
     }
 }

@@ -35,48 +35,58 @@ const HTTP_METHODS: &[&[u8]] = &[
     b"PRI * ",
 ];
 
-/// What the first ClientHello says.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ClientHelloInfo {
-    /// The SNI host name, if sent.
-    pub server_name: Option<String>,
-    /// ALPN protocols offered.
-    pub alpn: Vec<Vec<u8>>,
-    /// Versions offered (`supported_versions`, GREASE removed), or the legacy version alone.
-    pub versions: Vec<u16>,
-    /// Version in the record header (what an alert to this client should carry).
-    pub record_version: u16,
-}
+/// The admission types, at the crate root ([`crate::Admission`], [`crate::ClientHelloInfo`]).
+pub(crate) mod types {
+    use alloc::string::String;
+    use alloc::vec::Vec;
 
-impl ClientHelloInfo {
-    /// The newest version offered.
-    pub fn highest_version(&self) -> u16 {
-        self.versions.iter().copied().max().unwrap_or(0)
+    use crate::error::{Alert, Reason};
+
+    /// What the first ClientHello says.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct ClientHelloInfo {
+        /// The SNI host name, if sent.
+        pub server_name: Option<String>,
+        /// ALPN protocols offered.
+        pub alpn: Vec<Vec<u8>>,
+        /// Versions offered (`supported_versions`, GREASE removed), or the legacy version alone.
+        pub versions: Vec<u16>,
+        /// Version in the record header (what an alert to this client should carry).
+        pub record_version: u16,
     }
 
-    /// `true` when TLS 1.3 is offered.
-    pub fn offers_tls13(&self) -> bool {
-        self.versions.contains(&0x0304)
+    impl ClientHelloInfo {
+        /// The newest version offered.
+        pub fn highest_version(&self) -> u16 {
+            self.versions.iter().copied().max().unwrap_or(0)
+        }
+
+        /// `true` when TLS 1.3 is offered.
+        pub fn offers_tls13(&self) -> bool {
+            self.versions.contains(&0x0304)
+        }
+    }
+
+    /// The verdict on the bytes received so far.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum Admission {
+        /// Not enough bytes yet to decide.
+        NeedMore,
+        /// A well-formed ClientHello offering TLS 1.2 or newer.
+        Hello(ClientHelloInfo),
+        /// Refuse; send `alert` (if any) as a plaintext record with [`crate::hello::alert_record`].
+        Refuse {
+            /// Why.
+            reason: Reason,
+            /// Alert to send.
+            alert: Option<Alert>,
+            /// Record version for the alert.
+            record_version: u16,
+        },
     }
 }
 
-/// The verdict on the bytes received so far.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Admission {
-    /// Not enough bytes yet to decide.
-    NeedMore,
-    /// A well-formed ClientHello offering TLS 1.2 or newer.
-    Hello(ClientHelloInfo),
-    /// Refuse; send `alert` (if any) as a plaintext record with [`alert_record`].
-    Refuse {
-        /// Why.
-        reason: Reason,
-        /// Alert to send.
-        alert: Option<Alert>,
-        /// Record version for the alert.
-        record_version: u16,
-    },
-}
+pub(crate) use types::{Admission, ClientHelloInfo};
 
 /// A plaintext fatal alert record (used before any TLS state exists).
 pub fn alert_record(alert: Alert, record_version: u16) -> [u8; 7] {
@@ -474,9 +484,9 @@ mod tests {
             ],
         );
         let body = &whole[5..];
-        let mut inputs = alloc::vec::Vec::new();
+        let mut inputs = Vec::new();
         for size in [1usize, 2, 3, 7, 64, 16_384] {
-            let mut v = alloc::vec::Vec::new();
+            let mut v = Vec::new();
             for chunk in body.chunks(size) {
                 v.extend_from_slice(&[0x16, 0x03, 0x01, 0, chunk.len() as u8]);
                 v.extend_from_slice(chunk);

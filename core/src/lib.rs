@@ -16,7 +16,7 @@
 //! # let leaf_key = rcgen::KeyPair::generate()?;
 //! # let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&leaf_key, &ca)?;
 //! # let (ca_pem, cert_chain) = (ca.pem().into_bytes(), vec![leaf.der().clone()]);
-//! # let key = onerecord_tls::pki::PrivateKey::Pkcs8(leaf_key.serialize_der().into());
+//! # let key = onerecord_tls::PrivateKey::Pkcs8(leaf_key.serialize_der().into());
 //! # let now = Time::now();
 //!
 //! let server_policy = ServerPolicy::builder(cert_chain, key).build(now)?.into_set();
@@ -41,13 +41,28 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Modules: [`policy`] (the rules), [`pki`] (loading), [`identity`] (the verified peer),
-//! [`session`] (the state machine and its run loop), [`hello`] (admission before crypto),
-//! [`resumption`] (tickets and caches), [`buffer`], [`error`], [`stats`], [`time`].
+//! # Layers
+//!
+//! Imports flow one way, from each line to the lines above it:
+//!
+//! 1. plain data and parsers: `vocabulary` (versions, suites, groups), `time`, `buffer`,
+//!    `cert` ([`CertInfo`]), `error`, `identity`, `event`, [`hello`], `stats`;
+//! 2. what a policy says: `trust` ([`TrustStore`], [`CrlInfo`]), `resumption`, `spec` (the
+//!    plain data the builders collect); [`pki`] (loaders);
+//! 3. `backend`: everything that names a rustls type — compiles a spec into a rustls config
+//!    (`ServerTls`/`ClientTls`), the verifiers, the root store, the client session store,
+//!    the error → alert mapping;
+//! 4. `policy`: the builders; `build` checks a spec and has the backend compile it;
+//! 5. `backend::engine` (drives one rustls connection of a policy) and `session`
+//!    ([`Session`], the public state machine over it).
+//!
+//! Every type is at the crate root, and only there. Two public modules hold functions:
+//! [`pki`] (loading certificates, keys, CA bundles and CRLs) and [`hello`] (ClientHello
+//! admission before any crypto). The run loop is documented on [`Session`].
 
 #![no_std]
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub, unused_qualifications)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -56,26 +71,44 @@ extern crate alloc;
 extern crate std;
 
 mod backend;
-pub mod buffer;
-pub mod error;
+mod buffer;
+mod cert;
+mod error;
+mod event;
 pub mod hello;
-pub mod identity;
+mod identity;
 pub mod pki;
-pub mod policy;
-pub mod resumption;
-pub mod session;
-pub mod stats;
+mod policy;
+mod resumption;
+mod session;
+mod spec;
+mod stats;
 mod sync;
-pub mod time;
+mod time;
+mod trust;
+mod vocabulary;
 
-pub use error::{Alert, ConfigError, Error, Failure, Reason, SendError, Warning};
-pub use identity::{CertInfo, HandshakeKind, IdentityRule, PeerIdentity, Sha256};
-pub use pki::TrustStore;
-pub use policy::{
-    CipherSuite, ClientAuth, ClientPolicy, Group, Revocation, ServerPolicies, ServerPolicy,
-    TlsVersion, UnknownStatus, Versions,
+pub use buffer::{
+    DEFAULT_MAX_INCOMING, DEFAULT_MAX_OUTGOING, Fixed, Growable, MAX_HANDSHAKE_MESSAGE, MAX_RECORD,
+    Storage,
 };
-pub use resumption::{ClientSessionCache, ServerSessionCache, TicketKeys};
-pub use session::{Event, Session};
+pub use cert::{CertInfo, Sha256};
+pub use error::{
+    Alert, Buffer, ConfigError, Error, Failure, Reason, SendError, TlsDetail, Warning,
+};
+pub use event::Event;
+pub use hello::types::{Admission, ClientHelloInfo};
+pub use identity::{HandshakeKind, IdentityRule, IdentityRules, PeerIdentity};
+pub use policy::{
+    ClientPolicy, ClientPolicyBuilder, ServerPolicies, ServerPolicy, ServerPolicyBuilder,
+};
+pub use resumption::{ClientSessionCache, ServerSessionCache, TICKET_KEY_LEN, TicketKeys};
+pub use session::Session;
+pub use spec::{
+    ClientAuth, DEFAULT_CRL_WARNING, DEFAULT_EXPIRY_WARNING, DEFAULT_HANDSHAKE_TIMEOUT, Revocation,
+    Tls12Resumption, UnknownStatus,
+};
 pub use stats::Stats;
-pub use time::Time;
+pub use time::{Instant, Now, Time};
+pub use trust::{Certificate, Crl, CrlInfo, PrivateKey, TrustStore};
+pub use vocabulary::{CipherSuite, Group, TlsVersion, Versions};

@@ -12,389 +12,57 @@
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::fmt;
 use core::time::Duration;
 
 use pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::backend::{self, Clock};
+use crate::backend;
+use crate::cert::CertInfo;
 use crate::error::{ConfigError, Warning};
-use crate::identity::{CertInfo, IdentityRule, IdentityRules, LeafCache};
-use crate::pki::{Crl, CrlInfo, TrustStore};
+use crate::identity::{IdentityRule, LeafCache};
 use crate::resumption::{ClientSessionCache, ServerSessionCache, TicketKeys};
+use crate::spec::{
+    ClientAuth, ClientSpec, Common, LoadedCrl, OwnCert, Revocation, ServerSpec, Tls12Resumption,
+};
 use crate::time::Time;
+use crate::trust::{CrlInfo, TrustStore};
+use crate::vocabulary::{CipherSuite, Group, Versions};
 
-/// Default handshake deadline.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default warning window before the own certificate expires.
-pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// Protocol versions a policy enables. Nothing below TLS 1.2 exists here.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Versions {
-    /// TLS 1.3 and TLS 1.2 (the ONE Record default).
-    #[default]
-    Tls13AndTls12,
-    /// TLS 1.3 only.
-    Tls13Only,
-    /// TLS 1.2 only: for interoperability tests and for peers that mishandle TLS 1.3. Still
-    /// within the ONE Record floor; prefer the default.
-    Tls12Only,
-}
-
-impl Versions {
-    /// `true` when `v` is enabled.
-    pub fn enables(self, v: TlsVersion) -> bool {
-        match self {
-            Self::Tls13AndTls12 => true,
-            Self::Tls13Only => v == TlsVersion::Tls13,
-            Self::Tls12Only => v == TlsVersion::Tls12,
-        }
-    }
-}
-
-/// A negotiated protocol version.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TlsVersion {
-    /// TLS 1.2
-    Tls12,
-    /// TLS 1.3
-    Tls13,
-}
-
-impl fmt::Display for TlsVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Tls12 => "TLSv1.2",
-            Self::Tls13 => "TLSv1.3",
-        })
-    }
-}
-
-/// The cipher suites ONE Record allows: every TLS 1.3 suite, and TLS 1.2 ECDHE with AEAD.
-/// The order of [`CipherSuite::ALL`] is the default preference (SHA-256 suites first: they
-/// make handshakes measurably cheaper than AES-256-GCM-SHA384).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CipherSuite {
-    /// TLS_AES_128_GCM_SHA256
-    Tls13Aes128GcmSha256,
-    /// TLS_CHACHA20_POLY1305_SHA256
-    Tls13Chacha20Poly1305Sha256,
-    /// TLS_AES_256_GCM_SHA384
-    Tls13Aes256GcmSha384,
-    /// TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-    EcdheEcdsaAes128GcmSha256,
-    /// TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
-    EcdheRsaAes128GcmSha256,
-    /// TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
-    EcdheEcdsaChacha20Poly1305Sha256,
-    /// TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
-    EcdheRsaChacha20Poly1305Sha256,
-    /// TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
-    EcdheEcdsaAes256GcmSha384,
-    /// TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
-    EcdheRsaAes256GcmSha384,
-}
-
-impl CipherSuite {
-    /// Every allowed suite, in default preference order.
-    pub const ALL: [Self; 9] = [
-        Self::Tls13Aes128GcmSha256,
-        Self::Tls13Chacha20Poly1305Sha256,
-        Self::Tls13Aes256GcmSha384,
-        Self::EcdheEcdsaAes128GcmSha256,
-        Self::EcdheRsaAes128GcmSha256,
-        Self::EcdheEcdsaChacha20Poly1305Sha256,
-        Self::EcdheRsaChacha20Poly1305Sha256,
-        Self::EcdheEcdsaAes256GcmSha384,
-        Self::EcdheRsaAes256GcmSha384,
-    ];
-
-    /// The IANA name, as OpenSSL's `-ciphersuites`/RFC names print it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Tls13Aes128GcmSha256 => "TLS_AES_128_GCM_SHA256",
-            Self::Tls13Chacha20Poly1305Sha256 => "TLS_CHACHA20_POLY1305_SHA256",
-            Self::Tls13Aes256GcmSha384 => "TLS_AES_256_GCM_SHA384",
-            Self::EcdheEcdsaAes128GcmSha256 => "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-            Self::EcdheRsaAes128GcmSha256 => "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-            Self::EcdheEcdsaChacha20Poly1305Sha256 => {
-                "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"
-            }
-            Self::EcdheRsaChacha20Poly1305Sha256 => "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-            Self::EcdheEcdsaAes256GcmSha384 => "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-            Self::EcdheRsaAes256GcmSha384 => "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-        }
-    }
-
-    /// The suite's version.
-    pub fn version(self) -> TlsVersion {
-        match self {
-            Self::Tls13Aes128GcmSha256
-            | Self::Tls13Chacha20Poly1305Sha256
-            | Self::Tls13Aes256GcmSha384 => TlsVersion::Tls13,
-            _ => TlsVersion::Tls12,
-        }
-    }
-
-    /// The suite with this IANA name (e.g. `TLS_AES_128_GCM_SHA256`).
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|s| s.name().eq_ignore_ascii_case(name))
-    }
-}
-
-impl fmt::Display for CipherSuite {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Key exchange groups ONE Record allows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Group {
-    /// X25519
-    X25519,
-    /// NIST P-256 (secp256r1)
-    P256,
-    /// NIST P-384 (secp384r1)
-    P384,
-}
-
-impl Group {
-    /// Every allowed group, in default preference order.
-    pub const ALL: [Self; 3] = [Self::X25519, Self::P256, Self::P384];
-
-    /// The IANA name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::X25519 => "x25519",
-            Self::P256 => "secp256r1",
-            Self::P384 => "secp384r1",
-        }
-    }
-}
-
-impl fmt::Display for Group {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Client authentication on a server.
-#[derive(Clone, Debug, Default)]
-pub enum ClientAuth {
-    /// No certificate is requested.
-    #[default]
-    Disabled,
-    /// A certificate is requested; a client without one is accepted (anonymous), a client
-    /// with one must pass verification. With identity rules
-    /// ([`ServerPolicyBuilder::allow`]) this becomes [`ClientAuth::Required`]: an allow-list
-    /// never admits a client that presents nothing.
-    Optional(TrustStore),
-    /// mTLS: a client without a valid certificate is refused.
-    Required(TrustStore),
-}
-
-/// What an undetermined revocation status means.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum UnknownStatus {
-    /// Refuse the certificate (`unknown_ca`): strict, the ONE Record default when CRLs are
-    /// configured.
-    #[default]
-    Deny,
-    /// Accept it: only certificates a loaded CRL lists as revoked are refused.
-    Allow,
-}
-
-/// Default warning window before a CRL's `nextUpdate`.
-pub const DEFAULT_CRL_WARNING: Duration = Duration::from_secs(24 * 3600);
-
-/// Revocation checking with CRLs.
-///
-/// When a policy is built, every CRL is parsed and checked against the trust store: its
-/// issuer must be one of the trust store's certificates (the CA bundle, intermediates
-/// included when they are in the bundle), and its signature must verify with that
-/// certificate's key. A CRL of another CA, or of an intermediate that only peers send in
-/// their chains, is a [`ConfigError::CrlIssuerUnknown`]: add the intermediate to the bundle.
-/// This keeps a wrong file from silently disabling revocation (with
-/// [`UnknownStatus::Allow`]) or refusing everyone (with [`UnknownStatus::Deny`]).
-#[derive(Clone, Debug)]
-pub struct Revocation {
-    /// The CRLs. With none, no revocation check is made.
-    pub crls: Vec<Crl>,
-    /// A name for each CRL, in the same order (e.g. the file it came from), used in
-    /// warnings and in [`crate::Reason::CrlExpired`]. Missing names fall back to the issuer.
-    pub names: Vec<String>,
-    /// What a certificate not covered by any CRL means.
-    pub unknown_status: UnknownStatus,
-    /// Refuse when a relevant CRL is past its `nextUpdate` (plus [`Self::grace`]).
-    pub enforce_crl_expiry: bool,
-    /// With expiry enforced: how long after its `nextUpdate` an expired CRL is still used
-    /// (bounded fail-open, for a CRL publisher that is late). Zero, the default, fails
-    /// closed at `nextUpdate`. Callers should log a non-zero grace: it weakens the policy.
-    pub grace: Duration,
-    /// Warn ([`Warning::CrlExpiresSoon`]) when a CRL's `nextUpdate` is this close at build.
-    pub warning: Duration,
-    /// Check only the leaf (not intermediates).
-    pub end_entity_only: bool,
-}
-
-impl Default for Revocation {
-    fn default() -> Self {
-        Self::with_crls(Vec::new())
-    }
-}
-
-impl Revocation {
-    /// Check with these CRLs, strict defaults (unknown status refused, expired CRL refused,
-    /// no grace).
-    pub fn with_crls(crls: Vec<Crl>) -> Self {
-        Self {
-            crls,
-            names: Vec::new(),
-            unknown_status: UnknownStatus::Deny,
-            enforce_crl_expiry: true,
-            grace: Duration::ZERO,
-            warning: DEFAULT_CRL_WARNING,
-            end_entity_only: false,
-        }
-    }
-
-    /// [`Self::with_crls`] with a name for each CRL (e.g. its file).
-    pub fn with_named_crls(crls: impl IntoIterator<Item = (String, Crl)>) -> Self {
-        let (names, crls) = crls.into_iter().unzip();
-        Self {
-            names,
-            ..Self::with_crls(crls)
-        }
-    }
-
-    /// The name of CRL `index`: its entry in [`Self::names`], or else `issuer`.
-    pub(crate) fn name_of(&self, index: usize, issuer: &str) -> String {
-        self.names
-            .get(index)
-            .cloned()
-            .unwrap_or_else(|| issuer.to_string())
-    }
-
-    /// Check every CRL against `trust` (parse, issuer in the store, signature) and list
-    /// the warnings due at `now`.
-    pub(crate) fn check(
-        &self,
-        trust: &TrustStore,
-        now: Time,
-    ) -> Result<(Vec<LoadedCrl>, Vec<Warning>), ConfigError> {
-        let mut loaded = Vec::with_capacity(self.crls.len());
-        let mut warnings = Vec::new();
-        for (index, crl) in self.crls.iter().enumerate() {
-            let info = crate::pki::check_crl(crl, trust).map_err(|e| e.at_crl_index(index))?;
-            let name = self.name_of(index, &info.issuer);
-            if let Some(next) = info.next_update {
-                if now >= next {
-                    if self.enforce_crl_expiry {
-                        warnings.push(Warning::CrlExpired {
-                            crl: name.clone(),
-                            next_update: next,
-                            grace: self.grace,
-                        });
-                    }
-                } else {
-                    let remaining = next.saturating_duration_since(now);
-                    if remaining < self.warning {
-                        warnings.push(Warning::CrlExpiresSoon {
-                            crl: name.clone(),
-                            next_update: next,
-                            remaining,
-                        });
-                    }
+/// Check every CRL against `trust` (parse, issuer in the store, signature) and list
+/// the warnings due at `now`.
+fn check_crls(
+    revocation: &Revocation,
+    trust: &TrustStore,
+    now: Time,
+) -> Result<(Vec<LoadedCrl>, Vec<Warning>), ConfigError> {
+    let mut loaded = Vec::with_capacity(revocation.crls.len());
+    let mut warnings = Vec::new();
+    for (index, crl) in revocation.crls.iter().enumerate() {
+        let info = crate::pki::check_crl(crl, trust).map_err(|e| e.at_crl_index(index))?;
+        let name = revocation.name_of(index, &info.issuer);
+        if let Some(next) = info.next_update {
+            if now >= next {
+                if revocation.enforce_crl_expiry {
+                    warnings.push(Warning::CrlExpired {
+                        crl: name.clone(),
+                        next_update: next,
+                        grace: revocation.grace,
+                    });
+                }
+            } else {
+                let remaining = next.saturating_duration_since(now);
+                if remaining < revocation.warning {
+                    warnings.push(Warning::CrlExpiresSoon {
+                        crl: name.clone(),
+                        next_update: next,
+                        remaining,
+                    });
                 }
             }
-            loaded.push(LoadedCrl { name, info });
         }
-        Ok((loaded, warnings))
+        loaded.push(LoadedCrl { name, info });
     }
-}
-
-/// A CRL as the policy checked it.
-#[derive(Clone, Debug)]
-pub(crate) struct LoadedCrl {
-    pub name: String,
-    pub info: CrlInfo,
-}
-
-/// The parts shared by server and client policies.
-#[derive(Clone, Debug)]
-pub(crate) struct Common {
-    pub versions: Versions,
-    pub suites: Vec<CipherSuite>,
-    pub groups: Vec<Group>,
-    pub revocation: Revocation,
-    pub rules: IdentityRules,
-    pub alpn: Vec<Vec<u8>>,
-    pub handshake_timeout: Duration,
-    pub expiry_warning: Duration,
-    pub max_fragment_size: Option<usize>,
-}
-
-impl Default for Common {
-    fn default() -> Self {
-        Self {
-            versions: Versions::default(),
-            suites: CipherSuite::ALL.to_vec(),
-            groups: Group::ALL.to_vec(),
-            revocation: Revocation::default(),
-            rules: IdentityRules::default(),
-            alpn: Vec::new(),
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            expiry_warning: DEFAULT_EXPIRY_WARNING,
-            max_fragment_size: None,
-        }
-    }
-}
-
-impl Common {
-    fn narrow_suites(&mut self, suites: &[CipherSuite]) {
-        self.suites = suites.to_vec();
-    }
-
-    fn enabled_suites(&self) -> Result<Vec<CipherSuite>, ConfigError> {
-        let suites: Vec<_> = self
-            .suites
-            .iter()
-            .copied()
-            .filter(|s| self.versions.enables(s.version()))
-            .collect();
-        for (v, what) in [
-            (TlsVersion::Tls13, "TLS 1.3 cipher suites"),
-            (TlsVersion::Tls12, "TLS 1.2 cipher suites"),
-        ] {
-            // rustls needs a suite for every enabled version.
-            if self.versions.enables(v) && !suites.iter().any(|s| s.version() == v) {
-                return Err(ConfigError::NothingEnabled { what });
-            }
-        }
-        if self.groups.is_empty() {
-            return Err(ConfigError::NothingEnabled {
-                what: "key exchange groups",
-            });
-        }
-        if self.alpn.iter().any(|p| p.is_empty() || p.len() > 255) {
-            return Err(ConfigError::InvalidAlpn);
-        }
-        for r in &self.rules.0 {
-            r.validate()?;
-        }
-        Ok(suites)
-    }
-}
-
-/// The own certificate and key, checked.
-#[derive(Clone, Debug)]
-pub(crate) struct OwnCert {
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: Arc<PrivateKeyDer<'static>>,
+    Ok((loaded, warnings))
 }
 
 fn check_own_cert(
@@ -429,40 +97,82 @@ fn check_own_cert(
     Ok((info, warnings))
 }
 
+/// The setters both builders share, written once: `$revocation` and `$allow` carry each
+/// side's documentation of the two whose meaning depends on the side.
+macro_rules! common_setters {
+    (
+        $(#[$revocation:meta])*
+        revocation;
+        $(#[$allow:meta])*
+        allow;
+    ) => {
+        /// Enable TLS 1.3 only, or TLS 1.3 and 1.2 (the default).
+        pub fn versions(mut self, v: Versions) -> Self {
+            self.spec.common.versions = v;
+            self
+        }
+
+        /// Narrow and order the cipher suites (preference order as given).
+        pub fn cipher_suites(mut self, suites: &[CipherSuite]) -> Self {
+            self.spec.common.narrow_suites(suites);
+            self
+        }
+
+        /// Narrow and order the key exchange groups.
+        pub fn groups(mut self, groups: &[Group]) -> Self {
+            self.spec.common.groups = groups.to_vec();
+            self
+        }
+
+        $(#[$revocation])*
+        pub fn revocation(mut self, r: Revocation) -> Self {
+            self.spec.common.revocation = r;
+            self
+        }
+
+        $(#[$allow])*
+        pub fn allow(mut self, rule: IdentityRule) -> Self {
+            self.spec.common.rules.0.push(rule);
+            self
+        }
+
+        /// ALPN protocols in preference order (e.g. `h2`, `http/1.1`).
+        pub fn alpn<P: AsRef<[u8]>>(mut self, protocols: &[P]) -> Self {
+            self.spec.common.alpn = protocols.iter().map(|p| p.as_ref().to_vec()).collect();
+            self
+        }
+
+        /// Handshake deadline (default 10 s).
+        pub fn handshake_timeout(mut self, d: Duration) -> Self {
+            self.spec.common.handshake_timeout = d;
+            self
+        }
+
+        /// Warn when the own certificate expires within `d` (default 30 days).
+        pub fn expiry_warning(mut self, d: Duration) -> Self {
+            self.spec.common.expiry_warning = d;
+            self
+        }
+
+        /// Largest TLS record payload this side sends (default and maximum 16 KiB).
+        pub fn max_fragment_size(mut self, n: Option<usize>) -> Self {
+            self.spec.common.max_fragment_size = n;
+            self
+        }
+    };
+}
+
 /// Builds a [`ServerPolicy`]. Start with [`ServerPolicy::builder`].
 #[derive(Clone, Debug)]
 pub struct ServerPolicyBuilder {
-    pub(crate) common: Common,
-    pub(crate) own: OwnCert,
-    pub(crate) client_auth: ClientAuth,
-    pub(crate) tickets: Option<TicketKeys>,
-    pub(crate) session_cache: Option<ServerSessionCache>,
-    pub(crate) tls13_tickets: usize,
+    spec: ServerSpec,
 }
 
 impl ServerPolicyBuilder {
-    /// Enable TLS 1.3 only, or TLS 1.3 and 1.2 (the default).
-    pub fn versions(mut self, v: Versions) -> Self {
-        self.common.versions = v;
-        self
-    }
-
-    /// Narrow and order the cipher suites (preference order as given).
-    pub fn cipher_suites(mut self, suites: &[CipherSuite]) -> Self {
-        self.common.narrow_suites(suites);
-        self
-    }
-
-    /// Narrow and order the key exchange groups.
-    pub fn groups(mut self, groups: &[Group]) -> Self {
-        self.common.groups = groups.to_vec();
-        self
-    }
-
     /// Client authentication (default: disabled). [`ClientAuth::Optional`] together with an
     /// allow rule builds as [`ClientAuth::Required`] (see [`Self::allow`]).
     pub fn client_auth(mut self, auth: ClientAuth) -> Self {
-        self.client_auth = auth;
+        self.spec.client_auth = auth;
         self
     }
 
@@ -471,68 +181,39 @@ impl ServerPolicyBuilder {
         self.client_auth(ClientAuth::Required(trust))
     }
 
-    /// Revocation checking of client certificates.
-    pub fn revocation(mut self, r: Revocation) -> Self {
-        self.common.revocation = r;
-        self
-    }
-
-    /// Add an allow rule for client certificates (needs client authentication). A client
-    /// whose verified certificate matches no rule is refused with `access_denied`.
-    ///
-    /// Any rule makes a client certificate required: with [`ClientAuth::Optional`] the policy
-    /// is built as [`ClientAuth::Required`] (and [`ServerPolicy::client_auth`] says so), so a
-    /// client without a certificate is refused (`certificate_required` in TLS 1.3,
-    /// `handshake_failure` in TLS 1.2) rather than admitted anonymously. A rule that cannot
-    /// match (see [`IdentityRule::validate`]) fails [`Self::build`] with
-    /// [`ConfigError::InvalidIdentityRule`].
-    pub fn allow(mut self, rule: IdentityRule) -> Self {
-        self.common.rules.0.push(rule);
-        self
-    }
-
-    /// ALPN protocols in preference order (e.g. `h2`, `http/1.1`).
-    pub fn alpn<P: AsRef<[u8]>>(mut self, protocols: &[P]) -> Self {
-        self.common.alpn = protocols.iter().map(|p| p.as_ref().to_vec()).collect();
-        self
-    }
-
-    /// Handshake deadline (default 10 s).
-    pub fn handshake_timeout(mut self, d: Duration) -> Self {
-        self.common.handshake_timeout = d;
-        self
-    }
-
-    /// Warn when the own certificate expires within `d` (default 30 days).
-    pub fn expiry_warning(mut self, d: Duration) -> Self {
-        self.common.expiry_warning = d;
-        self
-    }
-
-    /// Largest TLS record payload this side sends (default and maximum 16 KiB).
-    pub fn max_fragment_size(mut self, n: Option<usize>) -> Self {
-        self.common.max_fragment_size = n;
-        self
+    common_setters! {
+        /// Revocation checking of client certificates.
+        revocation;
+        /// Add an allow rule for client certificates (needs client authentication). A client
+        /// whose verified certificate matches no rule is refused with `access_denied`.
+        ///
+        /// Any rule makes a client certificate required: with [`ClientAuth::Optional`] the policy
+        /// is built as [`ClientAuth::Required`] (and [`ServerPolicy::client_auth`] says so), so a
+        /// client without a certificate is refused (`certificate_required` in TLS 1.3,
+        /// `handshake_failure` in TLS 1.2) rather than admitted anonymously. A rule that cannot
+        /// match (see [`IdentityRule::validate`]) fails [`Self::build`] with
+        /// [`ConfigError::InvalidIdentityRule`].
+        allow;
     }
 
     /// Ticket keys for TLS 1.3 and TLS 1.2 tickets; `None` disables tickets (TLS 1.2 session
     /// IDs still resume through the session cache). Default: fresh random keys, rotated every
     /// [`TicketKeys::DEFAULT_ROTATION`].
     pub fn tickets(mut self, keys: Option<TicketKeys>) -> Self {
-        self.tickets = keys;
+        self.spec.tickets = keys;
         self
     }
 
     /// The server-side session cache for TLS 1.2 session IDs; `None` disables it.
     pub fn session_cache(mut self, cache: Option<ServerSessionCache>) -> Self {
-        self.session_cache = cache;
+        self.spec.session_cache = cache;
         self
     }
 
     /// Number of TLS 1.3 tickets sent after a full handshake (default 2; 0 disables TLS 1.3
     /// resumption).
     pub fn tls13_tickets(mut self, n: usize) -> Self {
-        self.tls13_tickets = n;
+        self.spec.tls13_tickets = n;
         self
     }
 
@@ -541,8 +222,8 @@ impl ServerPolicyBuilder {
     /// certificate, anchors or CRLs). Pass explicit keys with [`Self::tickets`] afterwards
     /// to replace the keys only.
     pub fn resumption_from(mut self, previous: &ServerPolicy) -> Self {
-        self.tickets = previous.0.builder.tickets.clone();
-        self.session_cache = previous.0.builder.session_cache.clone();
+        self.spec.tickets = previous.0.spec.tickets.clone();
+        self.spec.session_cache = previous.0.spec.session_cache.clone();
         self
     }
 
@@ -550,55 +231,54 @@ impl ServerPolicyBuilder {
     /// validity (expired: error; expiring within the warning window: [`ServerPolicy::warnings`]).
     pub fn build(mut self, now: Time) -> Result<ServerPolicy, ConfigError> {
         if let (false, ClientAuth::Optional(trust)) =
-            (self.common.rules.is_empty(), &self.client_auth)
+            (self.spec.common.rules.is_empty(), &self.spec.client_auth)
         {
             // An allow-list admits only the certificates it lists, never anonymous clients.
-            self.client_auth = ClientAuth::Required(trust.clone());
+            self.spec.client_auth = ClientAuth::Required(trust.clone());
         }
-        let suites = self.common.enabled_suites()?;
+        let suites = self.spec.common.enabled_suites()?;
         let (leaf, mut warnings) =
-            check_own_cert(&self.own.chain, now, self.common.expiry_warning)?;
-        if !self.common.rules.is_empty() && matches!(self.client_auth, ClientAuth::Disabled) {
+            check_own_cert(&self.spec.own.chain, now, self.spec.common.expiry_warning)?;
+        if !self.spec.common.rules.is_empty()
+            && matches!(self.spec.client_auth, ClientAuth::Disabled)
+        {
             return Err(ConfigError::InvalidIdentityRule {
                 detail: "identity rules need client authentication".to_string(),
             });
         }
-        let crls = match &self.client_auth {
-            _ if self.common.revocation.crls.is_empty() => Vec::new(),
+        let crls = match &self.spec.client_auth {
+            _ if self.spec.common.revocation.crls.is_empty() => Vec::new(),
             ClientAuth::Disabled => return Err(ConfigError::CrlWithoutClientAuth),
             ClientAuth::Optional(trust) | ClientAuth::Required(trust) => {
-                let (crls, w) = self.common.revocation.check(trust, now)?;
+                let (crls, w) = check_crls(&self.spec.common.revocation, trust, now)?;
                 warnings.extend(w);
                 crls
             }
         };
         let crls: Arc<[LoadedCrl]> = crls.into();
-        let clock = Arc::new(Clock::new(now));
         let leaves = Arc::new(LeafCache::default());
-        let config = backend::server_config(&self, &suites, clock.clone(), leaves.clone(), &crls)?;
+        let tls = backend::server_config(&self.spec, &suites, now, leaves.clone(), &crls)?;
         Ok(ServerPolicy(Arc::new(ServerInner {
-            config,
-            clock,
+            tls,
             leaves,
             crls,
             warnings,
             own_leaf: leaf,
-            builder: self,
+            spec: self.spec,
         })))
     }
 }
 
 #[derive(Debug)]
 pub(crate) struct ServerInner {
-    pub config: Arc<rustls::ServerConfig>,
-    pub clock: Arc<Clock>,
+    pub tls: backend::ServerTls,
     /// Parsed peer leaves of this policy's handshakes.
     pub leaves: Arc<LeafCache>,
     /// The CRLs, as checked at build.
     pub crls: Arc<[LoadedCrl]>,
     pub warnings: Vec<Warning>,
     pub own_leaf: CertInfo,
-    pub builder: ServerPolicyBuilder,
+    pub spec: ServerSpec,
 }
 
 /// A server's TLS policy. Cloning is cheap; sessions hold a clone.
@@ -612,24 +292,28 @@ impl ServerPolicy {
         key: PrivateKeyDer<'static>,
     ) -> ServerPolicyBuilder {
         ServerPolicyBuilder {
-            common: Common::default(),
-            own: OwnCert {
-                chain,
-                key: Arc::new(key),
+            spec: ServerSpec {
+                common: Common::default(),
+                own: OwnCert {
+                    chain,
+                    key: Arc::new(key),
+                },
+                client_auth: ClientAuth::Disabled,
+                tickets: Some(TicketKeys::generate(TicketKeys::DEFAULT_ROTATION)),
+                session_cache: Some(ServerSessionCache::new(
+                    ServerSessionCache::DEFAULT_CAPACITY,
+                )),
+                tls13_tickets: 2,
             },
-            client_auth: ClientAuth::Disabled,
-            tickets: Some(TicketKeys::generate(TicketKeys::DEFAULT_ROTATION)),
-            session_cache: Some(ServerSessionCache::new(
-                ServerSessionCache::DEFAULT_CAPACITY,
-            )),
-            tls13_tickets: 2,
         }
     }
 
     /// The builder this policy was made from, to make a changed policy (new certificate,
     /// anchors, CRLs) that keeps the same ticket keys and session cache.
     pub fn to_builder(&self) -> ServerPolicyBuilder {
-        self.0.builder.clone()
+        ServerPolicyBuilder {
+            spec: self.0.spec.clone(),
+        }
     }
 
     /// Warnings found while building (e.g. the certificate expires soon, a CRL expired).
@@ -650,18 +334,43 @@ impl ServerPolicy {
 
     /// The handshake deadline.
     pub fn handshake_timeout(&self) -> Duration {
-        self.0.builder.common.handshake_timeout
+        self.0.spec.common.handshake_timeout
     }
 
     /// The ticket keys, if tickets are enabled (e.g. to rotate them).
     pub fn ticket_keys(&self) -> Option<&TicketKeys> {
-        self.0.builder.tickets.as_ref()
+        self.0.spec.tickets.as_ref()
     }
 
     /// Whether client certificates are requested, and whether they are required (a policy
     /// with allow rules always requires them, even if built with [`ClientAuth::Optional`]).
     pub fn client_auth(&self) -> &ClientAuth {
-        &self.0.builder.client_auth
+        &self.0.spec.client_auth
+    }
+
+    /// The compiled policy rustls runs.
+    pub(crate) fn tls(&self) -> &backend::ServerTls {
+        &self.0.tls
+    }
+
+    /// The cache of parsed peer leaves shared by this policy's sessions.
+    pub(crate) fn leaves(&self) -> &Arc<LeafCache> {
+        &self.0.leaves
+    }
+
+    /// The CRLs as checked at build.
+    pub(crate) fn loaded_crls(&self) -> &Arc<[LoadedCrl]> {
+        &self.0.crls
+    }
+
+    /// The enabled protocol versions.
+    pub(crate) fn versions(&self) -> Versions {
+        self.0.spec.common.versions
+    }
+
+    /// The largest plaintext fragment to send, if limited.
+    pub(crate) fn max_fragment_size(&self) -> Option<usize> {
+        self.0.spec.common.max_fragment_size
     }
 
     /// A digest of what client authentication depends on: whether client certificates are
@@ -671,7 +380,7 @@ impl ServerPolicy {
     /// client the new policy refuses, so resumption state must not carry over.
     pub fn client_trust_digest(&self) -> crate::Sha256 {
         let mut all = Vec::new();
-        let anchors = match &self.0.builder.client_auth {
+        let anchors = match &self.0.spec.client_auth {
             ClientAuth::Disabled => {
                 all.push(0);
                 None
@@ -685,14 +394,11 @@ impl ServerPolicy {
                 Some(t)
             }
         };
-        for a in anchors.iter().flat_map(|t| t.roots.roots.iter()) {
-            all.extend_from_slice(&crate::Sha256::of(a.subject.as_ref()).0);
-            all.extend_from_slice(&crate::Sha256::of(a.subject_public_key_info.as_ref()).0);
-            let nc = a.name_constraints.as_ref().map_or(&[][..], |n| n.as_ref());
-            all.extend_from_slice(&crate::Sha256::of(nc).0);
+        if let Some(t) = anchors {
+            t.roots.digest_into(&mut all);
         }
         all.push(0xff);
-        for crl in &self.0.builder.common.revocation.crls {
+        for crl in &self.0.spec.common.revocation.crls {
             all.extend_from_slice(&crate::Sha256::of(crl.as_ref()).0);
         }
         crate::Sha256::of(&all)
@@ -701,7 +407,7 @@ impl ServerPolicy {
     /// `true` when this policy and `other` share ticket keys or a session cache (one was
     /// built with [`ServerPolicyBuilder::resumption_from`] the other, or both from a third).
     pub fn shares_resumption_with(&self, other: &ServerPolicy) -> bool {
-        let (a, b) = (&self.0.builder, &other.0.builder);
+        let (a, b) = (&self.0.spec, &other.0.spec);
         let tickets =
             matches!((&a.tickets, &b.tickets), (Some(x), Some(y)) if Arc::ptr_eq(&x.0, &y.0));
         let cache = matches!(
@@ -720,16 +426,16 @@ impl ServerPolicy {
         previous: &ServerPolicy,
         now: Time,
     ) -> Result<ServerPolicy, ConfigError> {
-        let (a, b) = (&self.0.builder, &previous.0.builder);
+        let (a, b) = (&self.0.spec, &previous.0.spec);
         let mut builder = self.to_builder();
         if matches!((&a.tickets, &b.tickets), (Some(x), Some(y)) if Arc::ptr_eq(&x.0, &y.0)) {
-            builder.tickets = Some(TicketKeys::generate(TicketKeys::DEFAULT_ROTATION));
+            builder.spec.tickets = Some(TicketKeys::generate(TicketKeys::DEFAULT_ROTATION));
         }
         if matches!(
             (&a.session_cache, &b.session_cache),
             (Some(x), Some(y)) if Arc::ptr_eq(&x.0, &y.0)
         ) {
-            builder.session_cache = Some(ServerSessionCache::new(
+            builder.spec.session_cache = Some(ServerSessionCache::new(
                 ServerSessionCache::DEFAULT_CAPACITY,
             ));
         }
@@ -834,148 +540,82 @@ impl From<ServerPolicy> for ServerPolicies {
     }
 }
 
-/// How a client resumes TLS 1.2 sessions.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Tls12Resumption {
-    /// Tickets when the server issues them, else session IDs (default).
-    #[default]
-    TicketsOrSessionId,
-    /// Session IDs only (no ticket extension offered).
-    SessionIdOnly,
-    /// No TLS 1.2 resumption.
-    Disabled,
-}
-
 /// Builds a [`ClientPolicy`]. Start with [`ClientPolicy::builder`].
 #[derive(Clone, Debug)]
 pub struct ClientPolicyBuilder {
-    pub(crate) common: Common,
-    pub(crate) trust: TrustStore,
-    pub(crate) own: Option<OwnCert>,
-    pub(crate) cache: Option<ClientSessionCache>,
-    pub(crate) tls12_resumption: Tls12Resumption,
+    spec: ClientSpec,
 }
 
 impl ClientPolicyBuilder {
-    /// Enable TLS 1.3 only, or TLS 1.3 and 1.2 (the default).
-    pub fn versions(mut self, v: Versions) -> Self {
-        self.common.versions = v;
-        self
-    }
-
-    /// Narrow and order the cipher suites.
-    pub fn cipher_suites(mut self, suites: &[CipherSuite]) -> Self {
-        self.common.narrow_suites(suites);
-        self
-    }
-
-    /// Narrow and order the key exchange groups.
-    pub fn groups(mut self, groups: &[Group]) -> Self {
-        self.common.groups = groups.to_vec();
-        self
-    }
-
     /// Present this certificate chain and key when the server asks (mTLS).
     pub fn client_cert(
         mut self,
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Self {
-        self.own = Some(OwnCert {
+        self.spec.own = Some(OwnCert {
             chain,
             key: Arc::new(key),
         });
         self
     }
 
-    /// Revocation checking of server certificates.
-    pub fn revocation(mut self, r: Revocation) -> Self {
-        self.common.revocation = r;
-        self
-    }
-
-    /// Add an allow rule for the server certificate (e.g. an SPKI pin).
-    pub fn allow(mut self, rule: IdentityRule) -> Self {
-        self.common.rules.0.push(rule);
-        self
-    }
-
-    /// ALPN protocols to offer.
-    pub fn alpn<P: AsRef<[u8]>>(mut self, protocols: &[P]) -> Self {
-        self.common.alpn = protocols.iter().map(|p| p.as_ref().to_vec()).collect();
-        self
-    }
-
-    /// Handshake deadline (default 10 s).
-    pub fn handshake_timeout(mut self, d: Duration) -> Self {
-        self.common.handshake_timeout = d;
-        self
-    }
-
-    /// Warn when the own certificate expires within `d` (default 30 days).
-    pub fn expiry_warning(mut self, d: Duration) -> Self {
-        self.common.expiry_warning = d;
-        self
-    }
-
-    /// Largest TLS record payload this side sends.
-    pub fn max_fragment_size(mut self, n: Option<usize>) -> Self {
-        self.common.max_fragment_size = n;
-        self
+    common_setters! {
+        /// Revocation checking of server certificates.
+        revocation;
+        /// Add an allow rule for the server certificate (e.g. an SPKI pin).
+        allow;
     }
 
     /// The session cache that lets a later connection to the same server resume; `None`
     /// disables resumption. Several policies may share one cache.
     pub fn session_cache(mut self, cache: Option<ClientSessionCache>) -> Self {
-        self.cache = cache;
+        self.spec.cache = cache;
         self
     }
 
     /// How TLS 1.2 sessions resume.
     pub fn tls12_resumption(mut self, r: Tls12Resumption) -> Self {
-        self.tls12_resumption = r;
+        self.spec.tls12_resumption = r;
         self
     }
 
     /// Check everything and build the policy.
     pub fn build(self, now: Time) -> Result<ClientPolicy, ConfigError> {
-        let suites = self.common.enabled_suites()?;
+        let suites = self.spec.common.enabled_suites()?;
         let mut warnings = Vec::new();
-        if let Some(own) = &self.own {
-            warnings = check_own_cert(&own.chain, now, self.common.expiry_warning)?.1;
+        if let Some(own) = &self.spec.own {
+            warnings = check_own_cert(&own.chain, now, self.spec.common.expiry_warning)?.1;
         }
-        let crls = if self.common.revocation.crls.is_empty() {
+        let crls = if self.spec.common.revocation.crls.is_empty() {
             Vec::new()
         } else {
-            let (crls, w) = self.common.revocation.check(&self.trust, now)?;
+            let (crls, w) = check_crls(&self.spec.common.revocation, &self.spec.trust, now)?;
             warnings.extend(w);
             crls
         };
         let crls: Arc<[LoadedCrl]> = crls.into();
-        let clock = Arc::new(Clock::new(now));
         let leaves = Arc::new(LeafCache::default());
-        let config = backend::client_config(&self, &suites, clock.clone(), leaves.clone(), &crls)?;
+        let tls = backend::client_config(&self.spec, &suites, now, leaves.clone(), &crls)?;
         Ok(ClientPolicy(Arc::new(ClientInner {
-            config,
-            clock,
+            tls,
             leaves,
             crls,
             warnings,
-            builder: self,
+            spec: self.spec,
         })))
     }
 }
 
 #[derive(Debug)]
 pub(crate) struct ClientInner {
-    pub config: Arc<rustls::ClientConfig>,
-    pub clock: Arc<Clock>,
+    pub tls: backend::ClientTls,
     /// Parsed peer leaves of this policy's handshakes.
     pub leaves: Arc<LeafCache>,
     /// The CRLs, as checked at build.
     pub crls: Arc<[LoadedCrl]>,
     pub warnings: Vec<Warning>,
-    pub builder: ClientPolicyBuilder,
+    pub spec: ClientSpec,
 }
 
 /// A client's TLS policy. Cloning is cheap; sessions hold a clone.
@@ -986,19 +626,23 @@ impl ClientPolicy {
     /// Start from the ONE Record defaults, trusting only `trust`.
     pub fn builder(trust: TrustStore) -> ClientPolicyBuilder {
         ClientPolicyBuilder {
-            common: Common::default(),
-            trust,
-            own: None,
-            cache: Some(ClientSessionCache::new(
-                ClientSessionCache::DEFAULT_CAPACITY,
-            )),
-            tls12_resumption: Tls12Resumption::default(),
+            spec: ClientSpec {
+                common: Common::default(),
+                trust,
+                own: None,
+                cache: Some(ClientSessionCache::new(
+                    ClientSessionCache::DEFAULT_CAPACITY,
+                )),
+                tls12_resumption: Tls12Resumption::default(),
+            },
         }
     }
 
     /// The builder this policy was made from (keeps the session cache).
     pub fn to_builder(&self) -> ClientPolicyBuilder {
-        self.0.builder.clone()
+        ClientPolicyBuilder {
+            spec: self.0.spec.clone(),
+        }
     }
 
     /// Warnings found while building.
@@ -1013,11 +657,31 @@ impl ClientPolicy {
 
     /// The handshake deadline.
     pub fn handshake_timeout(&self) -> Duration {
-        self.0.builder.common.handshake_timeout
+        self.0.spec.common.handshake_timeout
     }
 
     /// The session cache, if resumption is enabled.
     pub fn session_cache(&self) -> Option<&ClientSessionCache> {
-        self.0.builder.cache.as_ref()
+        self.0.spec.cache.as_ref()
+    }
+
+    /// The compiled policy rustls runs.
+    pub(crate) fn tls(&self) -> &backend::ClientTls {
+        &self.0.tls
+    }
+
+    /// The cache of parsed peer leaves shared by this policy's sessions.
+    pub(crate) fn leaves(&self) -> &Arc<LeafCache> {
+        &self.0.leaves
+    }
+
+    /// The CRLs as checked at build.
+    pub(crate) fn loaded_crls(&self) -> &Arc<[LoadedCrl]> {
+        &self.0.crls
+    }
+
+    /// The largest plaintext fragment to send, if limited.
+    pub(crate) fn max_fragment_size(&self) -> Option<usize> {
+        self.0.spec.common.max_fragment_size
     }
 }

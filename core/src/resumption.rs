@@ -15,6 +15,7 @@ use core::time::Duration;
 use ring::aead;
 use ring::rand::{SecureRandom, SystemRandom};
 
+use crate::backend::client_cache::ClientStore;
 use crate::error::ConfigError;
 use crate::sync::Mutex;
 use crate::time::Time;
@@ -295,31 +296,12 @@ impl fmt::Debug for ServerSessionCache {
     }
 }
 
-/// What the client remembers about one server.
-pub(crate) struct ClientEntry<N, T12, T13> {
-    pub name: N,
-    pub kx_hint: Option<rustls::NamedGroup>,
-    pub tls12: Option<T12>,
-    pub tls13: VecDeque<T13>,
-}
-
-pub(crate) type RustlsClientEntry = ClientEntry<
-    pki_types::ServerName<'static>,
-    rustls::client::Tls12ClientSessionValue,
-    rustls::client::Tls13ClientSessionValue,
->;
-
-pub(crate) struct ClientCacheInner {
-    pub(crate) entries: Mutex<VecDeque<RustlsClientEntry>>,
-    pub(crate) capacity: usize,
-}
-
 /// Client-side session cache: lets a later connection to the same server name resume.
 /// Fixed size: at most `capacity` servers, each with one TLS 1.2 session and up to
 /// [`ClientSessionCache::TICKETS_PER_SERVER`] TLS 1.3 tickets; the least recently stored
 /// server is evicted first. Cloning shares the cache.
 #[derive(Clone)]
-pub struct ClientSessionCache(pub(crate) Arc<ClientCacheInner>);
+pub struct ClientSessionCache(pub(crate) Arc<ClientStore>);
 
 impl ClientSessionCache {
     /// Default number of servers remembered.
@@ -329,15 +311,15 @@ impl ClientSessionCache {
 
     /// A cache for at most `capacity` servers.
     pub fn new(capacity: usize) -> Self {
-        Self(Arc::new(ClientCacheInner {
-            entries: Mutex::new(VecDeque::new()),
+        Self(Arc::new(ClientStore::new(
             capacity,
-        }))
+            Self::TICKETS_PER_SERVER,
+        )))
     }
 
     /// Servers currently remembered.
     pub fn len(&self) -> usize {
-        self.0.entries.lock().len()
+        self.0.len()
     }
 
     /// `true` when no server is remembered.
@@ -347,14 +329,14 @@ impl ClientSessionCache {
 
     /// Forget everything.
     pub fn clear(&self) {
-        self.0.entries.lock().clear();
+        self.0.clear();
     }
 }
 
 impl fmt::Debug for ClientSessionCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientSessionCache")
-            .field("capacity", &self.0.capacity)
+            .field("capacity", &self.0.capacity())
             .finish()
     }
 }

@@ -5,7 +5,7 @@
 //! 1. Bytes from the peer: copy them into [`Session::receive_buffer`], then
 //!    [`Session::received`]. End of stream: [`Session::received_eof`].
 //! 2. After every input (bytes, [`Session::send`], [`Session::close`], a timer firing), call
-//!    [`Session::process`] with the current time. It advances the handshake and reports
+//!    [`Session::process`] with the current time ([`crate::Now`]). It advances the handshake and reports
 //!    [`Event`]s in order: `Established` (before any application byte), `Data`,
 //!    `PeerClosed`, `Closed`.
 //! 3. Transmit [`Session::transmit`] and acknowledge with [`Session::transmitted`]. Do this
@@ -17,39 +17,24 @@
 
 use core::time::Duration;
 
-use crate::backend::engine::{Conn, Engine, Out};
+use crate::backend::engine::Engine;
 use crate::buffer::{DEFAULT_MAX_INCOMING, DEFAULT_MAX_OUTGOING, Growable, Storage};
-use crate::error::{ConfigError, Error, Reason, SendError};
+use crate::error::{ConfigError, Error, SendError};
+use crate::event::Event;
 use crate::identity::PeerIdentity;
 use crate::policy::{ClientPolicy, ServerPolicies};
 use crate::stats::Stats;
-use crate::time::Time;
+use crate::time::{Instant, Now};
 
 /// Initial size of growable buffers (one ClientHello or a small flight).
 const INITIAL_BUFFER: usize = 4096;
 /// How much free space [`Session::receive_buffer`] asks for.
 const READ_CHUNK: usize = 4096;
 
-/// Something that happened, reported by [`Session::process`] in this order.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Event<'a> {
-    /// The handshake completed and the peer passed the policy. Reported once, before any
-    /// `Data`.
-    Established(&'a PeerIdentity),
-    /// Application data, as decrypted (one TLS record at most). Valid until the callback
-    /// returns: consume or copy it there.
-    Data(&'a [u8]),
-    /// The peer sent `close_notify`: it sends nothing more. This side may still send, then
-    /// [`Session::close`].
-    PeerClosed,
-    /// Both sides have sent `close_notify`; the session is finished.
-    Closed,
-}
-
 /// One TLS connection over rustls' unbuffered API, with the ONE Record policy enforced.
 ///
 /// `S` is the buffer storage: [`Growable`] (default, bounded heap buffers) or
-/// [`crate::buffer::Fixed`] (caller-owned memory that never grows).
+/// [`crate::Fixed`] (caller-owned memory that never grows).
 pub struct Session<S: Storage = Growable> {
     engine: Engine<S>,
 }
@@ -57,7 +42,7 @@ pub struct Session<S: Storage = Growable> {
 impl Session<Growable> {
     /// A server session. The policy is chosen from `policies` by the ClientHello's SNI once
     /// it has arrived (no TLS state and no crypto before that).
-    pub fn server(policies: &ServerPolicies, now: Time) -> Self {
+    pub fn server(policies: &ServerPolicies, now: impl Into<Now>) -> Self {
         Self::server_with_buffers(policies, now, default_incoming(), default_outgoing())
     }
 
@@ -67,7 +52,7 @@ impl Session<Growable> {
     pub fn client(
         policy: &ClientPolicy,
         server_name: &str,
-        now: Time,
+        now: impl Into<Now>,
     ) -> Result<Self, ConfigError> {
         Self::client_with_buffers(
             policy,
@@ -91,12 +76,12 @@ impl<S: Storage> Session<S> {
     /// A server session over the given buffers.
     pub fn server_with_buffers(
         policies: &ServerPolicies,
-        now: Time,
+        now: impl Into<Now>,
         incoming: S,
         outgoing: S,
     ) -> Self {
         Self {
-            engine: Engine::new_server(policies, now, incoming, outgoing),
+            engine: Engine::new_server(policies, now.into(), incoming, outgoing),
         }
     }
 
@@ -104,31 +89,31 @@ impl<S: Storage> Session<S> {
     pub fn client_with_buffers(
         policy: &ClientPolicy,
         server_name: &str,
-        now: Time,
+        now: impl Into<Now>,
         incoming: S,
         outgoing: S,
     ) -> Result<Self, ConfigError> {
         Ok(Self {
-            engine: Engine::new_client(policy, server_name, now, incoming, outgoing)?,
+            engine: Engine::new_client(policy, server_name, now.into(), incoming, outgoing)?,
         })
     }
 
     /// Free space to copy received bytes into; follow with [`Session::received`]. Empty when
     /// the incoming buffer is at its bound (then [`Session::process`] reports the limit).
     pub fn receive_buffer(&mut self) -> &mut [u8] {
-        self.engine.incoming.spare(READ_CHUNK)
+        self.engine.receive_buffer(READ_CHUNK)
     }
 
     /// `n` bytes were written into [`Session::receive_buffer`].
     pub fn received(&mut self, n: usize) {
-        self.engine.incoming.commit(n);
-        self.engine.stats.tls_bytes_received += n as u64;
+        self.engine.received(n);
     }
 
     /// Copy `data` in (convenience over `receive_buffer` + `received`). Returns how many
     /// bytes fit; the rest must be offered again after [`Session::process`].
+    #[must_use = "bytes that did not fit must be offered again"]
     pub fn receive(&mut self, data: &[u8]) -> usize {
-        let spare = self.engine.incoming.spare(data.len());
+        let spare = self.engine.receive_buffer(data.len());
         let n = spare.len().min(data.len());
         spare[..n].copy_from_slice(&data[..n]);
         self.received(n);
@@ -136,54 +121,40 @@ impl<S: Storage> Session<S> {
     }
 
     /// The transport reached end of stream. After a clean close this is `Ok`; otherwise the
-    /// session fails with [`Reason::UnexpectedEof`] (truncation is never silent).
+    /// session fails with [`crate::Reason::UnexpectedEof`] (truncation is never silent).
     pub fn received_eof(&mut self) -> Result<(), Error> {
-        let e = &mut self.engine;
-        if let Some(err) = &e.error {
-            return Err(err.clone());
-        }
-        if e.closed || e.peer_closed {
-            return Ok(());
-        }
-        let err = Error::new(Reason::UnexpectedEof, None);
-        if !e.established {
-            e.stats.record_failure(err.failure());
-        }
-        e.conn = Conn::Done;
-        e.deadline = None;
-        e.error = Some(err.clone());
-        Err(err)
+        self.engine.received_eof()
     }
 
     /// Advance the session with the bytes received so far, reporting [`Event`]s to
-    /// `on_event`. `now` drives certificate validity and the handshake deadline.
+    /// `on_event`. `now` is a [`Now`] or a [`crate::Time`]: its wall-clock time drives
+    /// certificate validity, its monotonic instant the handshake deadline.
     ///
     /// Work is bounded by the bytes received. On `Err` the session is terminal; transmit
     /// what [`Session::transmit`] holds (the alert), then close the transport.
-    pub fn process(&mut self, now: Time, mut on_event: impl FnMut(Event<'_>)) -> Result<(), Error> {
-        self.engine.process(now, &mut |out| match out {
-            Out::Established(id) => on_event(Event::Established(id)),
-            Out::Data(d) => on_event(Event::Data(d)),
-            Out::PeerClosed => on_event(Event::PeerClosed),
-            Out::Closed => on_event(Event::Closed),
-        })
+    pub fn process(
+        &mut self,
+        now: impl Into<Now>,
+        mut on_event: impl FnMut(Event<'_>),
+    ) -> Result<(), Error> {
+        self.engine.process(now.into(), &mut on_event)
     }
 
     /// TLS bytes to send to the peer (handshake flights, records, alerts).
+    #[must_use = "the bytes must be sent to the peer, then acknowledged with `transmitted`"]
     pub fn transmit(&self) -> &[u8] {
-        self.engine.outgoing.data()
+        self.engine.transmit()
     }
 
     /// `n` bytes of [`Session::transmit`] were sent.
     pub fn transmitted(&mut self, n: usize) {
-        let n = n.min(self.engine.outgoing.len());
-        self.engine.outgoing.consume(n);
-        self.engine.stats.tls_bytes_sent += n as u64;
+        self.engine.transmitted(n);
     }
 
     /// Encrypt application data for sending (transmit afterwards). Returns the bytes
     /// accepted: fewer than `data.len()` when the outgoing buffer reached its bound
     /// (backpressure: transmit, then send the rest).
+    #[must_use = "bytes not accepted must be sent again after transmitting"]
     pub fn send(&mut self, data: &[u8]) -> Result<usize, SendError> {
         self.engine.send(data)
     }
@@ -201,28 +172,26 @@ impl<S: Storage> Session<S> {
     }
 
     /// When [`Session::process`] must be called even if nothing arrives (the handshake
-    /// deadline), or `None`.
-    pub fn poll_timeout(&self) -> Option<Time> {
-        if self.engine.established {
-            None
-        } else {
-            self.engine.deadline
-        }
+    /// deadline, on the monotonic clock of the [`Now`] the session is driven with), or
+    /// `None`.
+    #[must_use = "the session must be processed again at this time"]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.engine.poll_timeout()
     }
 
     /// The verified peer, once established.
     pub fn peer_identity(&self) -> Option<&PeerIdentity> {
-        self.engine.identity.as_ref()
+        self.engine.identity()
     }
 
     /// The server name: from the ClientHello (server) or as requested (client).
     pub fn server_name(&self) -> Option<&str> {
-        self.engine.server_name.as_deref()
+        self.engine.server_name()
     }
 
     /// `true` once the handshake completed.
     pub fn is_established(&self) -> bool {
-        self.engine.established
+        self.engine.is_established()
     }
 
     /// `true` while the handshake is in progress.
@@ -232,47 +201,43 @@ impl<S: Storage> Session<S> {
 
     /// `true` when the peer has sent `close_notify`.
     pub fn peer_closed(&self) -> bool {
-        self.engine.peer_closed
+        self.engine.peer_closed()
     }
 
     /// `true` when this side has queued `close_notify`.
     pub fn close_sent(&self) -> bool {
-        self.engine.sent_close
+        self.engine.close_sent()
     }
 
     /// `true` when the session is over (closed or failed); transmit what is left, then
     /// close the transport.
     pub fn is_terminal(&self) -> bool {
-        self.engine.error.is_some() || self.engine.closed
+        self.engine.is_terminal()
     }
 
     /// The error that ended the session, if any.
     pub fn error(&self) -> Option<&Error> {
-        self.engine.error.as_ref()
+        self.engine.error()
     }
 
     /// Counters for this session.
     pub fn stats(&self) -> &Stats {
-        &self.engine.stats
+        self.engine.stats()
     }
 
     /// The configured handshake timeout.
     pub fn handshake_timeout(&self) -> Duration {
-        self.engine.timeout
+        self.engine.handshake_timeout()
     }
 
     /// Bytes held in the incoming and outgoing buffers (allocated capacity).
     pub fn buffer_capacity(&self) -> (usize, usize) {
-        (
-            self.engine.incoming.capacity(),
-            self.engine.outgoing.capacity(),
-        )
+        self.engine.buffer_capacity()
     }
 
     /// Give growable buffers back to the allocator while they are empty (an idle kept-alive
     /// connection then holds only rustls' own state). They are allocated again on use.
     pub fn release_buffers(&mut self) {
-        self.engine.incoming.release_if_empty();
-        self.engine.outgoing.release_if_empty();
+        self.engine.release_buffers();
     }
 }

@@ -1,7 +1,7 @@
 //! Plain counters. The core has no metrics dependency: adapters read and export these.
 
 use crate::error::Failure;
-use crate::policy::TlsVersion;
+use crate::vocabulary::TlsVersion;
 
 /// Counters for one session, or the sum over many ([`Stats::add`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

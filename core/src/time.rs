@@ -1,8 +1,11 @@
 //! Time as an input.
 //!
-//! The core never reads a clock. Every time-dependent call takes a [`Time`]: wall-clock time
-//! in milliseconds since the Unix epoch. It serves two purposes at once: certificate validity
-//! (seconds are enough) and deadlines such as the handshake timeout (milliseconds).
+//! The core never reads a clock. Every time-dependent call takes a [`Now`]: the wall-clock
+//! [`Time`] (milliseconds since the Unix epoch), for certificate and CRL validity and ticket
+//! rotation, and a monotonic [`Instant`] (milliseconds since an origin the caller chooses),
+//! for deadlines such as the handshake timeout. A `Time` alone converts into a `Now` whose
+//! instant is the wall clock: tests with a virtual clock and devices with only an RTC pass a
+//! `Time`; a server passes both so that a wall-clock step does not move its deadlines.
 
 use core::fmt;
 use core::time::Duration;
@@ -12,8 +15,7 @@ use pki_types::UnixTime;
 /// A point in wall-clock time, in milliseconds since the Unix epoch.
 ///
 /// The caller reads its clock (`Time::now()` with `std`, an RTC on a device) and passes the
-/// value in. Going backwards is allowed: nothing in the engine assumes monotonic input, a
-/// deadline simply fires later.
+/// value in, usually inside a [`Now`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Time(u64);
 
@@ -63,6 +65,92 @@ impl Time {
     /// The same instant as rustls/webpki see it (whole seconds).
     pub fn to_unix_time(self) -> UnixTime {
         UnixTime::since_unix_epoch(Duration::from_secs(self.as_unix_secs()))
+    }
+}
+
+/// A point in monotonic time, in milliseconds since an origin the caller chooses (boot, the
+/// start of the process), as smoltcp's `Instant`. Only differences between instants mean
+/// something; the handshake deadline and [`crate::Session::poll_timeout`] are instants.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Instant(u64);
+
+impl Instant {
+    /// The instant `millis` milliseconds after the origin.
+    pub const fn from_millis(millis: u64) -> Self {
+        Self(millis)
+    }
+
+    /// Milliseconds since the origin.
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// This instant plus `d`, saturating at the far future.
+    pub fn saturating_add(self, d: Duration) -> Self {
+        Self(self.0.saturating_add(duration_millis(d)))
+    }
+
+    /// The time from `earlier` to `self`, zero if `earlier` is later.
+    pub fn saturating_duration_since(self, earlier: Self) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+
+    /// The current instant of the process-wide monotonic clock (its origin is the first
+    /// call of [`Instant::now`], [`Instant::from_std`] or [`Instant::to_std`]).
+    #[cfg(feature = "std")]
+    pub fn now() -> Self {
+        Self::from_std(std::time::Instant::now())
+    }
+
+    /// The instant of a `std::time::Instant`, on the process-wide origin (an instant before
+    /// the origin saturates to it).
+    #[cfg(feature = "std")]
+    pub fn from_std(at: std::time::Instant) -> Self {
+        Self(duration_millis(at.saturating_duration_since(origin())))
+    }
+
+    /// This instant as a `std::time::Instant`, on the process-wide origin.
+    #[cfg(feature = "std")]
+    pub fn to_std(self) -> std::time::Instant {
+        origin() + Duration::from_millis(self.0)
+    }
+}
+
+#[cfg(feature = "std")]
+fn origin() -> std::time::Instant {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(std::time::Instant::now)
+}
+
+/// The time inputs of a call: wall-clock [`Time`] for validity checks, monotonic
+/// [`Instant`] for deadlines. Drive one session with one kind of `Now` throughout: built
+/// from both clocks, or from a [`Time`] alone (then the wall clock is the deadline clock).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Now {
+    /// Wall-clock time: certificate and CRL validity, ticket key rotation.
+    pub time: Time,
+    /// Monotonic time: the handshake deadline.
+    pub instant: Instant,
+}
+
+impl Now {
+    /// Both clocks, as read by the caller.
+    pub const fn new(time: Time, instant: Instant) -> Self {
+        Self { time, instant }
+    }
+
+    /// The system's wall clock and the process-wide monotonic clock.
+    #[cfg(feature = "std")]
+    pub fn system() -> Self {
+        Self::new(Time::now(), Instant::now())
+    }
+}
+
+impl From<Time> for Now {
+    /// The wall clock for both purposes (its milliseconds since the Unix epoch are the
+    /// instant): for virtual clocks in tests and devices with only a real-time clock.
+    fn from(time: Time) -> Self {
+        Self::new(time, Instant::from_millis(time.as_unix_millis()))
     }
 }
 

@@ -21,7 +21,7 @@
 //! # let leaf_key = rcgen::KeyPair::generate()?;
 //! # let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&leaf_key, &ca)?;
 //! # let (ca_pem, cert_chain) = (ca.pem().into_bytes(), vec![leaf.der().clone()]);
-//! # let key = onerecord_tls::pki::PrivateKey::Pkcs8(leaf_key.serialize_der().into());
+//! # let key = onerecord_tls::PrivateKey::Pkcs8(leaf_key.serialize_der().into());
 //! let now = Time::now(); // on a device: its RTC, or a `LastKnownTime`
 //! let client_policy = ClientPolicy::builder(TrustStore::from_pem(&ca_pem)?).build(now)?;
 //! let server_policy = ServerPolicy::builder(cert_chain, key).build(now)?.into_set();

@@ -1,8 +1,10 @@
 //! Pure buffer mode: received bytes in, bytes to send out, over caller-owned fixed
 //! buffers. No transport, no clock, no allocation of our own.
 
-use onerecord_tls::buffer::Fixed;
-use onerecord_tls::{ClientPolicy, Event, PeerIdentity, Reason, ServerPolicies, Session, Time};
+use onerecord_tls::Fixed;
+use onerecord_tls::{
+    ClientPolicy, Event, Instant, PeerIdentity, Reason, ServerPolicies, Session, Time,
+};
 
 use crate::error::{Buffer, Error};
 
@@ -111,7 +113,7 @@ pub struct Tls<B: AsMut<[u8]> + AsRef<[u8]>> {
 
 impl<B: AsMut<[u8]> + AsRef<[u8]>> Tls<B> {
     /// A client session to `server_name` over the given buffers. For mTLS, the policy holds
-    /// the client certificate ([`onerecord_tls::policy::ClientPolicyBuilder::client_cert`]);
+    /// the client certificate ([`onerecord_tls::ClientPolicyBuilder::client_cert`]);
     /// its session cache (fixed size) lets the next connection to the same name resume.
     pub fn client(
         policy: &ClientPolicy,
@@ -218,7 +220,10 @@ impl<B: AsMut<[u8]> + AsRef<[u8]>> Tls<B> {
     }
 
     fn translate(&self, e: onerecord_tls::Error, incoming_full: bool) -> Error {
-        let Reason::BufferLimit { required, limit } = *e.reason() else {
+        let Reason::BufferLimit {
+            required, limit, ..
+        } = *e.reason()
+        else {
             return Error::Tls(e);
         };
         if incoming_full {
@@ -314,8 +319,9 @@ impl<B: AsMut<[u8]> + AsRef<[u8]>> Tls<B> {
         self.session.error().map(|e| Error::Tls(e.clone()))
     }
 
-    /// When [`Tls::process`] must be called even if nothing arrives (handshake deadline).
-    pub fn poll_timeout(&self) -> Option<Time> {
+    /// When [`Tls::process`] must be called even if nothing arrives (handshake deadline), on
+    /// the clock of the `now` passed in (a [`Time`] alone: the wall clock).
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.session.poll_timeout()
     }
 

@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use onerecord_tls::{ClientPolicy, Event, PeerIdentity, Session, Time};
+use onerecord_tls::{ClientPolicy, Event, Now, PeerIdentity, Session};
 
 use crate::queue::Queue;
 
@@ -63,7 +63,7 @@ impl Client {
         tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(self.io_timeout))?;
         tcp.set_write_timeout(Some(self.io_timeout))?;
-        let session = Session::client(&self.policy, server_name, Time::now())
+        let session = Session::client(&self.policy, server_name, Now::system())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let mut s = ClientStream {
             key,
@@ -166,7 +166,7 @@ impl ClientStream {
         self.session.received(n);
         let inbox = &mut self.inbox;
         let mut closed = false;
-        let r = self.session.process(Time::now(), |ev| match ev {
+        let r = self.session.process(Now::system(), |ev| match ev {
             Event::Data(d) => inbox.extend(d),
             Event::PeerClosed | Event::Closed => closed = true,
             Event::Established(_) => {}
@@ -181,7 +181,7 @@ impl ClientStream {
 
     fn handshake(&mut self) -> io::Result<()> {
         self.session
-            .process(Time::now(), |_| {})
+            .process(Now::system(), |_| {})
             .map_err(tls_error)?;
         self.flush_tls()?;
         while !self.session.is_established() {
@@ -216,7 +216,7 @@ impl ClientStream {
     /// Send `close_notify` and close.
     pub fn close(mut self) -> io::Result<()> {
         self.session.close();
-        let _ = self.session.process(Time::now(), |_| {});
+        let _ = self.session.process(Now::system(), |_| {});
         self.flush_tls()
     }
 }

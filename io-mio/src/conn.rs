@@ -7,12 +7,12 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Registry};
-use onerecord_tls::{Event, Reason, Session, Time};
+use onerecord_tls::{Event, Now, Reason, Session, Time};
 
 use crate::audit::{End, log_access, log_close, log_refused, partner_failed};
 use crate::config::{Backend, Limits, Mode};
@@ -198,19 +198,19 @@ impl Conn {
     pub(crate) fn prepare(mode: Mode, stream: TcpStream) -> io::Result<Prepared> {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr()?;
-        let wall = Time::now();
+        let now = Now::system();
         let (tls, plain, session) = match &mode {
             Mode::Terminate { policies, .. } => (
                 Sock::new(stream, true),
                 None,
-                Session::server(policies, wall),
+                Session::server(policies, now),
             ),
             Mode::Originate {
                 policy,
                 connect,
                 server_name,
             } => {
-                let session = Session::client(policy, server_name, wall)
+                let session = Session::client(policy, server_name, now)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
                 let out = TcpStream::connect(*connect)?;
                 (
@@ -374,14 +374,7 @@ impl Conn {
         if let Some(since) = self.closing_since() {
             Some(since + limits.linger)
         } else if !self.session.is_established() {
-            let wall = Time::now();
-            self.session.poll_timeout().map(|t| {
-                if t <= wall {
-                    now
-                } else {
-                    now + Duration::from_millis(t.as_unix_millis() - wall.as_unix_millis())
-                }
-            })
+            self.session.poll_timeout().map(|t| t.to_std().max(now))
         } else {
             Some(self.last_activity + limits.idle_timeout)
         }
@@ -436,15 +429,15 @@ pub(crate) fn drive(
     if let Some(done) = connects(c, counters) {
         return done;
     }
-    let wall = Time::now();
+    let tls_now = Now::new(Time::now(), onerecord_tls::Instant::from_std(now));
     let mut upstream = None;
     for round in 0..ROUNDS {
         let mut progress = round == 0;
         progress |= read_tls(c, now, limits, counters);
         if progress && !c.session.is_terminal() {
-            run_session(c, wall, counters, &mut upstream);
+            run_session(c, tls_now, counters, &mut upstream);
         }
-        progress |= feed_plaintext(c, wall);
+        progress |= feed_plaintext(c, tls_now);
         match write_tls(c, counters) {
             Ok(p) => progress |= p,
             Err(done) => return done,
@@ -562,12 +555,7 @@ fn read_tls(c: &mut Conn, now: Instant, limits: &Limits, counters: &mut Counters
 /// Phase 2, run the session: process what was received and route its events; the end of the TLS
 /// stream without `close_notify` is reported to it. `upstream` is set when the handshake finished
 /// and the stream goes to a TCP upstream.
-fn run_session(
-    c: &mut Conn,
-    wall: Time,
-    counters: &mut Counters,
-    upstream: &mut Option<SocketAddr>,
-) {
+fn run_session(c: &mut Conn, now: Now, counters: &mut Counters, upstream: &mut Option<SocketAddr>) {
     let Conn {
         session,
         app,
@@ -586,7 +574,7 @@ fn run_session(
     let mut reply = Reply::default();
     let mut peer_closed = false;
     let mut close = false;
-    let res = session.process(wall, |ev| match ev {
+    let res = session.process(now, |ev| match ev {
         Event::Established(id) => {
             counters.handshake(id.version, id.resumed(), opened.elapsed());
             log_access(mode, *remote, *local, id);
@@ -681,7 +669,7 @@ fn plaintext_400() -> String {
 
 /// Phase 3, feed plaintext: into the session; `close_notify` once it is all in and a close was
 /// asked. `true` on progress.
-fn feed_plaintext(c: &mut Conn, wall: Time) -> bool {
+fn feed_plaintext(c: &mut Conn, now: Now) -> bool {
     let close_asked = c.life == Life::CloseAfterFlush;
     if !(c.session.is_established() && !c.session.close_sent() && !c.session.is_terminal()) {
         if close_asked && !c.session.is_established() && !c.session.is_terminal() {
@@ -707,7 +695,7 @@ fn feed_plaintext(c: &mut Conn, wall: Time) -> bool {
     if c.to_tls.is_empty() && close_asked {
         c.ended(End::Closed);
         c.session.close();
-        let _ = c.session.process(wall, |_| {});
+        let _ = c.session.process(now, |_| {});
         progress = true;
     }
     progress

@@ -50,8 +50,8 @@
 //! nearest one.
 //!
 //! Memory per connection is bounded by the session's buffers (incoming at most
-//! [`onerecord_tls::buffer::DEFAULT_MAX_INCOMING`], outgoing at most
-//! [`onerecord_tls::buffer::DEFAULT_MAX_OUTGOING`]) plus [`Limits::max_buffered`] per
+//! [`onerecord_tls::DEFAULT_MAX_INCOMING`], outgoing at most
+//! [`onerecord_tls::DEFAULT_MAX_OUTGOING`]) plus [`Limits::max_buffered`] per
 //! direction of plaintext; idle established connections give their buffers back.
 
 #![forbid(unsafe_code)]

@@ -43,7 +43,7 @@ impl ServerHandle {
     ///
     /// The reload trust rule: a server policy that shares ticket keys or a session cache
     /// with the one it replaces (built with
-    /// [`resumption_from`](onerecord_tls::policy::ServerPolicyBuilder::resumption_from))
+    /// [`resumption_from`](onerecord_tls::ServerPolicyBuilder::resumption_from))
     /// keeps them only while client authentication trusts the same anchors and CRLs
     /// ([`client_trust_digest`](onerecord_tls::ServerPolicy::client_trust_digest)). When the
     /// CA bundle or a CRL changed, the shared state is replaced by new state, so sessions

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use onerecord_tls::pki::Crl;
+use onerecord_tls::Crl;
 use onerecord_tls::{ClientPolicy, Revocation, ServerPolicy, Time};
 use onerecord_tls_mio::{
     Backend, Client, IdentityResponder, Limits, Listener, Mode, ServerConfig, ServerHandle,

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::sync::OnceLock;
 
-use onerecord_tls::pki::{Certificate, Crl, PrivateKey};
+use onerecord_tls::{Certificate, Crl, PrivateKey};
 use onerecord_tls::{Time, TrustStore};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer, DnType,

@@ -121,7 +121,7 @@ fn assert_alert_on_the_wire(
 
 /// A chain of the leaf followed by enough copies of the CA certificate to make the
 /// Certificate message larger than 64 KiB.
-fn oversized_chain(f: &Fixture, id: &Identity) -> Vec<onerecord_tls::pki::Certificate<'static>> {
+fn oversized_chain(f: &Fixture, id: &Identity) -> Vec<onerecord_tls::Certificate<'static>> {
     let mut chain = id.chain.clone();
     while chain.iter().map(|c| c.len() + 3).sum::<usize>() < 70_000 {
         chain.push(f.ca.der());

@@ -37,8 +37,8 @@ fn run_fixed_pair(
     i: usize,
     o: usize,
     scenario: Scenario,
-) -> pair::Outcome<onerecord_tls::buffer::Fixed<Box<[u8]>>, onerecord_tls::buffer::Growable> {
-    use onerecord_tls::buffer::Fixed;
+) -> pair::Outcome<onerecord_tls::Fixed<Box<[u8]>>, onerecord_tls::Growable> {
+    use onerecord_tls::Fixed;
     let now = pki::now();
     let policy = pair::client_policy_for(scenario, now);
     let server = Session::server_with_buffers(

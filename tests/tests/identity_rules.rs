@@ -1,11 +1,11 @@
 //! Allow rules through real handshakes over the in-memory pair: URI rules compare URIs
 //! component by component, and any allow rule makes a client certificate required.
 
-use onerecord_tls::policy::{ClientPolicyBuilder, ServerPolicyBuilder};
 use onerecord_tls::{
     Alert, ClientAuth, ClientPolicy, ConfigError, Failure, IdentityRule, Reason, ServerPolicy,
     Versions,
 };
+use onerecord_tls::{ClientPolicyBuilder, ServerPolicyBuilder};
 use onerecord_tls_tests::{Ca, Identity, LeafSpec, Pair, now};
 
 fn server(ca: &Ca, auth: fn(onerecord_tls::TrustStore) -> ClientAuth) -> ServerPolicyBuilder {

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use onerecord_tls::pki::{self, CrlInfo};
+use onerecord_tls::CrlInfo;
+use onerecord_tls::pki;
 use onerecord_tls::{
     Alert, ClientPolicy, ConfigError, Failure, IdentityRule, Reason, Revocation, ServerPolicy,
     Time, TrustStore, UnknownStatus, Versions, Warning,
@@ -27,7 +28,7 @@ fn fixture() -> Fixture {
     }
 }
 
-fn mtls_server(f: &Fixture) -> onerecord_tls::policy::ServerPolicyBuilder {
+fn mtls_server(f: &Fixture) -> onerecord_tls::ServerPolicyBuilder {
     ServerPolicy::builder(f.server_id.chain.clone(), f.server_id.key())
         .require_client_auth(f.ca.trust())
 }
@@ -40,7 +41,7 @@ fn client_with(f: &Fixture, id: &Identity, v: Versions) -> ClientPolicy {
         .unwrap()
 }
 
-fn run(s: onerecord_tls::policy::ServerPolicyBuilder, c: &ClientPolicy) -> Pair {
+fn run(s: onerecord_tls::ServerPolicyBuilder, c: &ClientPolicy) -> Pair {
     let s = s.build(now()).unwrap().into_set();
     let mut p = Pair::new(&s, c, "localhost");
     p.run();
@@ -300,7 +301,7 @@ fn refusal_names_the_certificate_the_peer_presented() {
     let revoked = f.ca.issue(&LeafSpec::client("revoked-co"));
     let denied = f.ca.issue(&LeafSpec::client("not-listed"));
     let crl = f.ca.crl(&[revoked.serial], 7);
-    let cases: Vec<(Identity, onerecord_tls::policy::ServerPolicyBuilder, &str)> = vec![
+    let cases: Vec<(Identity, onerecord_tls::ServerPolicyBuilder, &str)> = vec![
         (rogue, mtls_server(&f), "mallory"),
         (
             revoked,

@@ -3,7 +3,7 @@
 //! rustls picks the alert for a failure in many places (about a hundred `send_fatal_alert`
 //! calls, several alerts for one `Error` variant: a bad Finished and a bad record MAC are both
 //! `Error::DecryptError`), and does not expose it. A plaintext alert is read back from the
-//! outgoing bytes (`Engine::read_back_alert`); an encrypted one passes through the record
+//! outgoing bytes (`alerts::read_back`); an encrypted one passes through the record
 //! encrypter, so our cipher suites are ring's with the AEAD wrapped: the wrapper notes the
 //! code of a fatal alert it encrypts (thread-local, std only) and the engine takes it when it
 //! reports the failure on the same thread. Records that are not alerts cost one comparison.

@@ -9,6 +9,7 @@
 //!   in the state, so we grow and retry on the same state object (dropping it would lose it);
 //! - errors are sticky; one more call after an error yields the fatal alert to encode.
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -17,17 +18,21 @@ use core::time::Duration;
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
-use rustls::{CertificateError, CommonState, PeerIncompatible, PeerMisbehaved, ProtocolVersion};
+use rustls::{CommonState, ProtocolVersion};
 
 use super::alert_spy::{self, WriteKeys};
-use super::{Clock, group_from_rustls, suite_from_rustls};
+use super::{Clock, alerts, group_from_rustls, suite_from_rustls};
 use crate::buffer::{Queue, Storage};
-use crate::error::{Alert, Error, Reason, SendError};
+use crate::cert::CertInfo;
+use crate::error::{Alert, Buffer, ConfigError, Error, Reason, SendError};
+use crate::event::Event;
 use crate::hello::{self, Admission};
-use crate::identity::{CertInfo, HandshakeKind, PeerIdentity};
-use crate::policy::{CipherSuite, LoadedCrl, ServerPolicies, TlsVersion};
+use crate::identity::{HandshakeKind, LeafCache, PeerIdentity};
+use crate::policy::{ClientPolicy, ServerPolicies};
+use crate::spec::{DEFAULT_HANDSHAKE_TIMEOUT, LoadedCrl};
 use crate::stats::Stats;
-use crate::time::Time;
+use crate::time::{Instant, Now, Time};
+use crate::vocabulary::{TlsVersion, Versions};
 
 /// The rustls connection of either role.
 trait Driven {
@@ -80,50 +85,59 @@ impl<D> Writer for rustls::unbuffered::WriteTraffic<'_, D> {
     }
 }
 
-pub(crate) enum Conn {
-    /// Server before the ClientHello was read: the policy is not chosen yet.
-    AwaitingHello(ServerPolicies),
-    Server(alloc::boxed::Box<UnbufferedServerConnection>),
-    Client(alloc::boxed::Box<UnbufferedClientConnection>),
-    /// Terminal (failed or closed); the rustls state is gone.
-    Done,
+/// The rustls connection of a session, once the policy is known.
+enum Tls {
+    Server(Box<UnbufferedServerConnection>),
+    Client(Box<UnbufferedClientConnection>),
 }
 
-/// What the driver reports upward, in order.
-pub(crate) enum Out<'a> {
-    Established(&'a PeerIdentity),
-    Data(&'a [u8]),
-    PeerClosed,
-    Closed,
+/// Which directions have sent `close_notify`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Shutdown {
+    /// This side queued `close_notify`.
+    sent: bool,
+    /// The peer sent `close_notify`.
+    received: bool,
+}
+
+/// The lifecycle of a session: one value, as quinn-proto's `State`.
+enum State {
+    /// Server before the ClientHello was read: the policy is not chosen yet.
+    AwaitingHello(ServerPolicies),
+    /// rustls is handshaking.
+    Handshaking(Tls),
+    /// The handshake completed; application data flows until both sides closed.
+    Open(Tls, Shutdown),
+    /// Closed cleanly (or ended before the handshake by `close`); the rustls state is gone.
+    Closed(Shutdown),
+    /// Failed; the rustls state is gone. Terminal.
+    Failed(Error, Shutdown),
 }
 
 /// Session state independent of the public storage type parameter.
 pub(crate) struct Engine<S> {
-    pub conn: Conn,
-    pub incoming: Queue<S>,
-    pub outgoing: Queue<S>,
-    pub clock: Option<Arc<Clock>>,
-    pub deadline: Option<Time>,
-    pub timeout: Duration,
-    pub identity: Option<PeerIdentity>,
+    state: State,
+    incoming: Queue<S>,
+    outgoing: Queue<S>,
+    clock: Option<Arc<Clock>>,
+    /// The handshake deadline (monotonic), while handshaking.
+    deadline: Option<Instant>,
+    timeout: Duration,
+    /// The verified peer; `Some` from the moment the handshake completed.
+    identity: Option<PeerIdentity>,
     /// The policy's cache of parsed peer leaves (set once the policy is known).
-    pub leaves: Option<Arc<crate::identity::LeafCache>>,
+    leaves: Option<Arc<LeafCache>>,
     /// The policy's CRLs (set once the policy is known), to name a stale one.
-    pub crls: Option<Arc<[LoadedCrl]>>,
+    crls: Option<Arc<[LoadedCrl]>>,
     /// The connection's current record encrypter, once the write side is encrypted: for an
     /// alert rustls does not send itself.
-    pub write_keys: Option<WriteKeys>,
+    write_keys: Option<WriteKeys>,
     /// How far the ClientHello admission has walked the incoming records.
-    pub hello_scan: hello::HelloScan,
-    pub server_name: Option<String>,
-    pub established: bool,
-    pub sent_close: bool,
-    pub peer_closed: bool,
-    pub closed: bool,
-    pub error: Option<Error>,
-    pub stats: Stats,
-    /// Application data records are handed up at most this large (`None`: as rustls gives).
-    pub max_send_record: usize,
+    hello_scan: hello::HelloScan,
+    server_name: Option<String>,
+    stats: Stats,
+    /// Application data records are handed up at most this large.
+    max_send_record: usize,
 }
 
 /// Largest plaintext per record.
@@ -131,21 +145,78 @@ const MAX_PLAINTEXT: usize = 16_384;
 /// TLS 1.2 AEAD record overhead (header 5 + explicit nonce 8 + tag 16); TLS 1.3 is 22.
 const RECORD_OVERHEAD: usize = 29;
 
+/// A write rustls refused for lack of room names the room it needs.
+trait Grow {
+    fn required_size(&self) -> Option<usize>;
+}
+
+impl Grow for EncodeError {
+    fn required_size(&self) -> Option<usize> {
+        match self {
+            EncodeError::InsufficientSize(sz) => Some(sz.required_size),
+            _ => None,
+        }
+    }
+}
+
+impl Grow for EncryptError {
+    fn required_size(&self) -> Option<usize> {
+        match self {
+            EncryptError::InsufficientSize(sz) => Some(sz.required_size),
+            _ => None,
+        }
+    }
+}
+
+/// What [`write_growing`] did.
+enum Written {
+    /// Bytes were appended.
+    Some,
+    /// rustls wrote nothing (already encoded, or refused for another reason than room).
+    Nothing,
+    /// The queue cannot grow to the `n` more bytes rustls needs.
+    NoRoom(usize),
+}
+
+/// Append to `q` with `write`, growing `q` and retrying while rustls asks for more room (it
+/// keeps the pending data in its state object, so the retry is on the same object).
+fn write_growing<S: Storage, E: Grow>(
+    q: &mut Queue<S>,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+) -> Written {
+    loop {
+        match write(q.spare(0)) {
+            Ok(n) => {
+                q.commit(n);
+                return Written::Some;
+            }
+            Err(e) => match e.required_size() {
+                Some(n) => {
+                    if !q.reserve_exact(n) {
+                        return Written::NoRoom(n);
+                    }
+                }
+                None => return Written::Nothing,
+            },
+        }
+    }
+}
+
 impl<S: Storage> Engine<S> {
-    pub(crate) fn new(
-        conn: Conn,
+    fn new(
+        state: State,
         incoming: S,
         outgoing: S,
         clock: Option<Arc<Clock>>,
-        now: Time,
+        now: Now,
         timeout: Duration,
     ) -> Self {
         Self {
-            conn,
+            state,
             incoming: Queue::new(incoming),
             outgoing: Queue::new(outgoing),
             clock,
-            deadline: Some(now.saturating_add(timeout)),
+            deadline: Some(now.instant.saturating_add(timeout)),
             timeout,
             identity: None,
             leaves: None,
@@ -153,58 +224,45 @@ impl<S: Storage> Engine<S> {
             write_keys: None,
             hello_scan: hello::HelloScan::default(),
             server_name: None,
-            established: false,
-            sent_close: false,
-            peer_closed: false,
-            closed: false,
-            error: None,
             stats: Stats::default(),
             max_send_record: MAX_PLAINTEXT,
         }
     }
 
     pub(crate) fn new_client(
-        policy: &crate::policy::ClientPolicy,
+        policy: &ClientPolicy,
         server_name: &str,
-        now: Time,
+        now: Now,
         incoming: S,
         outgoing: S,
-    ) -> Result<Self, crate::ConfigError> {
+    ) -> Result<Self, ConfigError> {
         let name = pki_types::ServerName::try_from(server_name)
-            .map_err(|_| crate::ConfigError::InvalidServerName {
+            .map_err(|_| ConfigError::InvalidServerName {
                 name: server_name.into(),
             })?
             .to_owned();
-        policy.0.clock.set(now);
-        let conn = UnbufferedClientConnection::new(policy.0.config.clone(), name).map_err(|e| {
-            crate::ConfigError::Tls {
-                detail: alloc::format!("{e}"),
-            }
+        let tls = policy.tls();
+        let conn = tls.connect(name, now.time).map_err(|e| ConfigError::Tls {
+            detail: alloc::format!("{e}"),
         })?;
         let mut e = Self::new(
-            Conn::Client(alloc::boxed::Box::new(conn)),
+            State::Handshaking(Tls::Client(Box::new(conn))),
             incoming,
             outgoing,
-            Some(policy.0.clock.clone()),
+            Some(tls.clock().clone()),
             now,
             policy.handshake_timeout(),
         );
         e.server_name = Some(server_name.into());
-        e.leaves = Some(policy.0.leaves.clone());
-        e.crls = Some(policy.0.crls.clone());
-        e.max_send_record = policy
-            .0
-            .builder
-            .common
-            .max_fragment_size
-            .unwrap_or(MAX_PLAINTEXT)
-            .min(MAX_PLAINTEXT);
+        e.leaves = Some(policy.leaves().clone());
+        e.crls = Some(policy.loaded_crls().clone());
+        e.max_send_record = max_send_record(policy.max_fragment_size());
         Ok(e)
     }
 
     pub(crate) fn new_server(
         policies: &ServerPolicies,
-        now: Time,
+        now: Now,
         incoming: S,
         outgoing: S,
     ) -> Self {
@@ -212,9 +270,9 @@ impl<S: Storage> Engine<S> {
             .policies()
             .map(|p| p.handshake_timeout())
             .max()
-            .unwrap_or(crate::policy::DEFAULT_HANDSHAKE_TIMEOUT);
+            .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
         Self::new(
-            Conn::AwaitingHello(policies.clone()),
+            State::AwaitingHello(policies.clone()),
             incoming,
             outgoing,
             None,
@@ -223,19 +281,116 @@ impl<S: Storage> Engine<S> {
         )
     }
 
-    pub(crate) fn is_handshaking(&self) -> bool {
-        !self.established && self.error.is_none() && !matches!(self.conn, Conn::Done)
+    /// `true` once the handshake completed (and ever after).
+    pub(crate) fn is_established(&self) -> bool {
+        self.identity.is_some()
     }
 
+    pub(crate) fn is_handshaking(&self) -> bool {
+        matches!(self.state, State::AwaitingHello(_) | State::Handshaking(_))
+    }
+
+    /// `true` when the session is over (closed or failed).
+    pub(crate) fn is_terminal(&self) -> bool {
+        matches!(self.state, State::Closed(_) | State::Failed(..))
+    }
+
+    fn shutdown(&self) -> Shutdown {
+        match self.state {
+            State::Open(_, s) | State::Closed(s) | State::Failed(_, s) => s,
+            State::AwaitingHello(_) | State::Handshaking(_) => Shutdown::default(),
+        }
+    }
+
+    pub(crate) fn peer_closed(&self) -> bool {
+        self.shutdown().received
+    }
+
+    pub(crate) fn close_sent(&self) -> bool {
+        self.shutdown().sent
+    }
+
+    pub(crate) fn error(&self) -> Option<&Error> {
+        match &self.state {
+            State::Failed(e, _) => Some(e),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn identity(&self) -> Option<&PeerIdentity> {
+        self.identity.as_ref()
+    }
+
+    pub(crate) fn server_name(&self) -> Option<&str> {
+        self.server_name.as_deref()
+    }
+
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The handshake deadline, while handshaking.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        if self.is_established() {
+            None
+        } else {
+            self.deadline
+        }
+    }
+
+    pub(crate) fn receive_buffer(&mut self, want: usize) -> &mut [u8] {
+        self.incoming.spare(want)
+    }
+
+    pub(crate) fn received(&mut self, n: usize) {
+        self.incoming.commit(n);
+        self.stats.tls_bytes_received += n as u64;
+    }
+
+    pub(crate) fn transmit(&self) -> &[u8] {
+        self.outgoing.data()
+    }
+
+    pub(crate) fn transmitted(&mut self, n: usize) {
+        let n = n.min(self.outgoing.len());
+        self.outgoing.consume(n);
+        self.stats.tls_bytes_sent += n as u64;
+    }
+
+    pub(crate) fn buffer_capacity(&self) -> (usize, usize) {
+        (self.incoming.capacity(), self.outgoing.capacity())
+    }
+
+    pub(crate) fn release_buffers(&mut self) {
+        self.incoming.release_if_empty();
+        self.outgoing.release_if_empty();
+    }
+
+    /// The transport reached end of stream.
+    pub(crate) fn received_eof(&mut self) -> Result<(), Error> {
+        if let Some(err) = self.error() {
+            return Err(err.clone());
+        }
+        if matches!(self.state, State::Closed(_)) || self.peer_closed() {
+            return Ok(());
+        }
+        Err(self.fail(Error::new(Reason::UnexpectedEof, None)))
+    }
+
+    /// Become terminal with `err`; the rustls state is dropped.
     fn fail(&mut self, err: Error) -> Error {
         // A transport closed without close_notify after the handshake is not a handshake
         // failure; everything else is counted.
-        if !(self.established && matches!(err.reason(), Reason::UnexpectedEof)) {
+        if !(self.is_established() && matches!(err.reason(), Reason::UnexpectedEof)) {
             self.stats.record_failure(err.failure());
         }
-        self.conn = Conn::Done;
+        let shutdown = self.shutdown();
+        self.state = State::Failed(err.clone(), shutdown);
         self.deadline = None;
-        self.error = Some(err.clone());
         err
     }
 
@@ -254,8 +409,9 @@ impl<S: Storage> Engine<S> {
     }
 
     /// The ClientHello admission step (server only): choose the policy, or refuse.
+    /// `Ok(false)`: the hello is not complete yet.
     fn admit(&mut self, now: Time) -> Result<bool, Error> {
-        let Conn::AwaitingHello(policies) = &self.conn else {
+        let State::AwaitingHello(policies) = &self.state else {
             return Ok(true);
         };
         let verdict = hello::inspect_incremental(self.incoming.data(), &mut self.hello_scan);
@@ -265,6 +421,7 @@ impl<S: Storage> Engine<S> {
                     let limit = self.incoming.limit();
                     return Err(self.refuse_plain(
                         Reason::BufferLimit {
+                            buffer: Buffer::Incoming,
                             required: limit + 1,
                             limit,
                         },
@@ -291,7 +448,7 @@ impl<S: Storage> Engine<S> {
                 0x0303,
             ));
         };
-        if policy.0.builder.common.versions == crate::Versions::Tls13Only && !info.offers_tls13() {
+        if policy.versions() == Versions::Tls13Only && !info.offers_tls13() {
             let v = info.highest_version();
             return Err(self.refuse_plain(
                 Reason::ProtocolVersion {
@@ -305,21 +462,15 @@ impl<S: Storage> Engine<S> {
         if let Some(keys) = policy.ticket_keys() {
             keys.rotate_if_due(now);
         }
-        policy.0.clock.set(now);
         self.timeout = policy.handshake_timeout();
-        self.max_send_record = policy
-            .0
-            .builder
-            .common
-            .max_fragment_size
-            .unwrap_or(MAX_PLAINTEXT)
-            .min(MAX_PLAINTEXT);
-        match UnbufferedServerConnection::new(policy.0.config.clone()) {
+        self.max_send_record = max_send_record(policy.max_fragment_size());
+        let tls = policy.tls();
+        match tls.accept(now) {
             Ok(c) => {
-                self.clock = Some(policy.0.clock.clone());
-                self.leaves = Some(policy.0.leaves.clone());
-                self.crls = Some(policy.0.crls.clone());
-                self.conn = Conn::Server(alloc::boxed::Box::new(c));
+                self.clock = Some(tls.clock().clone());
+                self.leaves = Some(policy.leaves().clone());
+                self.crls = Some(policy.loaded_crls().clone());
+                self.state = State::Handshaking(Tls::Server(Box::new(c)));
                 Ok(true)
             }
             Err(e) => Err(self.fail(Error::new(Reason::Internal, None).with_tls(e))),
@@ -327,52 +478,82 @@ impl<S: Storage> Engine<S> {
     }
 
     /// Drive rustls with the bytes received so far; report upward through `out`.
-    pub(crate) fn process(&mut self, now: Time, out: &mut dyn FnMut(Out<'_>)) -> Result<(), Error> {
-        if let Some(e) = &self.error {
+    pub(crate) fn process(
+        &mut self,
+        now: Now,
+        out: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), Error> {
+        if let Some(e) = self.error() {
             return Err(e.clone());
         }
         if let Some(clock) = &self.clock {
-            clock.set(now);
+            clock.set(now.time);
         }
         if let Some(deadline) = self.deadline {
-            if !self.established && now >= deadline {
+            if !self.is_established() && now.instant >= deadline {
                 let after = self.timeout;
                 return Err(self.fail(Error::new(Reason::HandshakeTimeout { after }, None)));
             }
         }
-        if !self.admit(now)? {
+        if !self.admit(now.time)? {
             return Ok(());
         }
-        let mut conn = core::mem::replace(&mut self.conn, Conn::Done);
-        let r = match &mut conn {
-            Conn::Server(c) => self.drive(&mut **c, out),
-            Conn::Client(c) => self.drive(&mut **c, out),
-            Conn::AwaitingHello(_) | Conn::Done => Ok(()),
+        // The connection is taken out of the state while rustls runs, leaving `Closed` with
+        // the close flags as a placeholder (so `fail` keeps them); `drive` reports how the
+        // lifecycle moved, or fails (which sets the state).
+        let mut tls = match core::mem::replace(&mut self.state, State::Closed(Shutdown::default()))
+        {
+            State::Handshaking(tls) => tls,
+            State::Open(tls, shutdown) => {
+                self.state = State::Closed(shutdown);
+                tls
+            }
+            other => {
+                self.state = other;
+                return Ok(());
+            }
+        };
+        let r = match &mut tls {
+            Tls::Server(c) => self.drive(&mut **c, out),
+            Tls::Client(c) => self.drive(&mut **c, out),
         };
         self.adopt_write_keys();
-        if self.error.is_none() && !self.closed {
-            self.conn = conn;
-        } else if self.closed {
-            self.deadline = None;
+        let shutdown = self.shutdown();
+        match r {
+            Ok(Flow::Running) => {
+                self.state = if self.is_established() {
+                    State::Open(tls, shutdown)
+                } else {
+                    State::Handshaking(tls)
+                };
+                Ok(())
+            }
+            Ok(Flow::Closed) => {
+                self.state = State::Closed(shutdown);
+                self.deadline = None;
+                Ok(())
+            }
+            // `fail` has set the state.
+            Err(e) => Err(e),
         }
-        r
     }
 
     fn drive<C: Driven>(
         &mut self,
         conn: &mut C,
-        out: &mut dyn FnMut(Out<'_>),
-    ) -> Result<(), Error> {
+        out: &mut dyn FnMut(Event<'_>),
+    ) -> Result<Flow, Error> {
         loop {
             let UnbufferedStatus { discard, state } = conn.process(self.incoming.data_mut());
             let step = match state {
                 Ok(ConnectionState::ReadTraffic(mut rt)) => {
-                    if self.established {
+                    // `identity` is set once established (a field: `incoming` is borrowed).
+                    if self.identity.is_some() {
                         while let Some(rec) = rt.next_record() {
                             match rec {
                                 Ok(rec) => {
                                     self.stats.app_bytes_received += rec.payload.len() as u64;
-                                    out(Out::Data(rec.payload));
+                                    out(Event::Data(rec.payload));
                                 }
                                 Err(e) => {
                                     drop(rt);
@@ -387,27 +568,14 @@ impl<S: Storage> Engine<S> {
                     Step::Continue
                 }
                 Ok(ConnectionState::EncodeTlsData(mut enc)) => {
-                    let mut r = Step::Continue;
-                    loop {
-                        match enc.encode(self.outgoing.spare(0)) {
-                            Ok(n) => {
-                                self.outgoing.commit(n);
-                                break;
-                            }
-                            Err(EncodeError::InsufficientSize(sz)) => {
-                                if !self.outgoing.reserve_exact(sz.required_size) {
-                                    let required = self.outgoing.len() + sz.required_size;
-                                    r = Step::Fail(Reason::BufferLimit {
-                                        required,
-                                        limit: self.outgoing.limit(),
-                                    });
-                                    break;
-                                }
-                            }
-                            Err(EncodeError::AlreadyEncoded) => break,
-                        }
+                    match write_growing(&mut self.outgoing, |buf| enc.encode(buf)) {
+                        Written::NoRoom(n) => Step::Fail(Reason::BufferLimit {
+                            buffer: Buffer::Outgoing,
+                            required: self.outgoing.len() + n,
+                            limit: self.outgoing.limit(),
+                        }),
+                        Written::Some | Written::Nothing => Step::Continue,
                     }
-                    r
                 }
                 Ok(ConnectionState::TransmitTlsData(t)) => {
                     // The flight is already queued in `outgoing`; the caller transmits it.
@@ -425,10 +593,10 @@ impl<S: Storage> Engine<S> {
                 }
             };
             self.incoming.consume(discard);
-            if !self.established && !conn.common().is_handshaking() {
-                self.on_established(conn.common());
+            if !self.is_established() && !conn.common().is_handshaking() {
+                self.on_established(conn.common())?;
                 if let Some(id) = &self.identity {
-                    out(Out::Established(id));
+                    out(Event::Established(id));
                 }
             }
             match step {
@@ -440,13 +608,14 @@ impl<S: Storage> Engine<S> {
                         let limit = self.incoming.limit();
                         return Err(self.fail_reason(
                             Reason::BufferLimit {
+                                buffer: Buffer::Incoming,
                                 required: limit + 1,
                                 limit,
                             },
                             None,
                         ));
                     }
-                    return Ok(());
+                    return Ok(Flow::Running);
                 }
                 Step::Idle => {
                     if self.incoming.is_full() {
@@ -461,22 +630,24 @@ impl<S: Storage> Engine<S> {
                         };
                         return Err(self.fail_reason(
                             Reason::BufferLimit {
+                                buffer: Buffer::Incoming,
                                 required: record.max(limit + 1),
                                 limit,
                             },
                             None,
                         ));
                     }
-                    return Ok(());
+                    return Ok(Flow::Running);
                 }
                 Step::PeerClosed => {
-                    self.peer_closed = true;
-                    out(Out::PeerClosed);
+                    if let State::Closed(shutdown) = &mut self.state {
+                        shutdown.received = true;
+                    }
+                    out(Event::PeerClosed);
                 }
                 Step::Closed => {
-                    self.closed = true;
-                    out(Out::Closed);
-                    return Ok(());
+                    out(Event::Closed);
+                    return Ok(Flow::Closed);
                 }
                 Step::Fail(reason) => return Err(self.fail_reason(reason, None)),
             }
@@ -513,8 +684,14 @@ impl<S: Storage> Engine<S> {
         self.fail(Error::new(reason, alert))
     }
 
-    fn on_established(&mut self, conn: &CommonState) {
-        self.established = true;
+    /// The handshake completed: record the verified peer. A negotiated suite outside our
+    /// vocabulary cannot happen (rustls only negotiates the policy's suites); if it does,
+    /// the session fails with [`Reason::Internal`] rather than report a guessed suite.
+    fn on_established(&mut self, conn: &CommonState) -> Result<(), Error> {
+        let Some(suite) = conn.negotiated_cipher_suite().and_then(suite_from_rustls) else {
+            let sent = self.queue_own_alert(Alert::InternalError);
+            return Err(self.fail_reason(Reason::Internal, sent.then_some(Alert::InternalError)));
+        };
         self.deadline = None;
         let version = match conn.protocol_version() {
             Some(ProtocolVersion::TLSv1_2) => TlsVersion::Tls12,
@@ -531,20 +708,14 @@ impl<S: Storage> Engine<S> {
             .peer_certificates()
             .map(<[_]>::to_vec)
             .unwrap_or_default();
-        let leaf = chain.first().and_then(|c| match &self.leaves {
-            Some(cache) => cache.parse(c).ok(),
-            None => CertInfo::parse(c).ok(),
-        });
+        let leaf = chain.first().and_then(|c| self.parse_leaf(c));
         self.stats
             .record_handshake(version, handshake == HandshakeKind::Resumed);
         self.identity = Some(PeerIdentity {
             chain,
             leaf,
             version,
-            suite: conn
-                .negotiated_cipher_suite()
-                .and_then(suite_from_rustls)
-                .unwrap_or(CipherSuite::Tls13Aes128GcmSha256),
+            suite,
             group: conn
                 .negotiated_key_exchange_group()
                 .and_then(|g| group_from_rustls(g.name())),
@@ -552,12 +723,20 @@ impl<S: Storage> Engine<S> {
             server_name: self.server_name.clone(),
             handshake,
         });
+        Ok(())
+    }
+
+    fn parse_leaf(&self, der: &[u8]) -> Option<CertInfo> {
+        match &self.leaves {
+            Some(cache) => cache.parse(der).ok(),
+            None => CertInfo::parse(der).ok(),
+        }
     }
 
     /// rustls reported `e`: encode the alert it queued, then become terminal.
     fn tls_failure<C: Driven>(&mut self, conn: &mut C, e: rustls::Error) -> Error {
         let version = conn.common().protocol_version();
-        let (reason, guess) = classify(&e, version);
+        let (reason, guess) = alerts::classify(&e, version);
         let mut sent = None;
         // Errors are sticky. While rustls still holds queued records (`wants_write`: a
         // ServerHello may precede the alert), the next call pops one as `EncodeTlsData` before
@@ -572,21 +751,12 @@ impl<S: Storage> Engine<S> {
             let mut encoded = false;
             if let Ok(ConnectionState::EncodeTlsData(mut enc)) = state {
                 let before = self.outgoing.len();
-                loop {
-                    match enc.encode(self.outgoing.spare(0)) {
-                        Ok(n) => {
-                            self.outgoing.commit(n);
-                            sent = Some(self.read_back_alert(before, version));
-                            encoded = true;
-                            break;
-                        }
-                        Err(EncodeError::InsufficientSize(sz)) => {
-                            if !self.outgoing.reserve_exact(sz.required_size) {
-                                break;
-                            }
-                        }
-                        Err(EncodeError::AlreadyEncoded) => break,
-                    }
+                if let Written::Some = write_growing(&mut self.outgoing, |b| enc.encode(b)) {
+                    sent = Some(alerts::read_back(
+                        &mut self.outgoing.data_mut()[before..],
+                        version,
+                    ));
+                    encoded = true;
                 }
             }
             self.incoming.consume(discard);
@@ -600,7 +770,7 @@ impl<S: Storage> Engine<S> {
         // fragments); rustls answers their siblings with these alerts, so the engine sends
         // them itself.
         if sent.is_none() {
-            if let Some(own) = unalerted(&e) {
+            if let Some(own) = alerts::unalerted(&e) {
                 if self.queue_own_alert(own) {
                     sent = Some(Some(own));
                 }
@@ -608,17 +778,14 @@ impl<S: Storage> Engine<S> {
         }
         // An encrypted alert is named by what the record layer encrypted; only without that
         // (no `std`) by our mapping.
-        let encrypted = alert_spy::take_encrypted_alert().map(Alert::from_code);
+        let encrypted = alerts::encrypted_alert();
         let sent = sent.map(|read_back| {
             read_back
                 .or(encrypted)
                 .or(guess)
                 .unwrap_or(Alert::InternalError)
         });
-        let presented = super::take_presented().and_then(|der| match &self.leaves {
-            Some(cache) => cache.parse(&der).ok(),
-            None => CertInfo::parse(&der).ok(),
-        });
+        let presented = super::take_presented().and_then(|der| self.parse_leaf(&der));
         let reason = self.name_stale_crl(reason, presented.as_ref());
         self.fail(
             Error::new(reason, sent)
@@ -653,52 +820,35 @@ impl<S: Storage> Engine<S> {
         Reason::CrlExpired { crl, next_update }
     }
 
-    /// The alert just encoded at `outgoing[at..]`, if it is a plaintext alert record (an
-    /// encrypted one is named by the record layer, see `alert_spy`).
-    ///
-    /// rustls answers a missing client certificate with `certificate_required` (116) in TLS
-    /// 1.2 too, a code TLS 1.2 does not define; RFC 5246 7.4.6 prescribes `handshake_failure`,
-    /// so that plaintext record is rewritten to it (TLS 1.2 peers such as OpenSSL then print
-    /// a meaningful error).
-    fn read_back_alert(&mut self, at: usize, version: Option<ProtocolVersion>) -> Option<Alert> {
-        let rec = &mut self.outgoing.data_mut()[at..];
-        match rec {
-            [0x15, _, _, 0, 2, _level, code] => {
-                if *code == Alert::CertificateRequired.code()
-                    && version == Some(ProtocolVersion::TLSv1_2)
-                {
-                    *code = Alert::HandshakeFailure.code();
-                }
-                Some(Alert::from_code(*code))
-            }
-            _ => None,
-        }
-    }
-
     /// Run `f` with rustls' `WriteTraffic` state, encoding anything queued before it.
+    /// `None` when the session is not open.
     fn with_write_traffic<R>(
         &mut self,
         f: &mut dyn FnMut(&mut Queue<S>, &mut dyn Writer) -> R,
     ) -> Option<R> {
-        let mut conn = core::mem::replace(&mut self.conn, Conn::Done);
-        let r = match &mut conn {
-            Conn::Server(c) => write_traffic(&mut **c, &mut self.outgoing, f),
-            Conn::Client(c) => write_traffic(&mut **c, &mut self.outgoing, f),
+        let r = match &mut self.state {
+            State::Open(Tls::Server(c), _) => write_traffic(&mut **c, &mut self.outgoing, f),
+            State::Open(Tls::Client(c), _) => write_traffic(&mut **c, &mut self.outgoing, f),
             _ => None,
         };
-        self.conn = conn;
         self.adopt_write_keys();
         r
+    }
+
+    /// Why application data cannot be sent now, if it cannot.
+    fn refuse_send(&self) -> Option<SendError> {
+        match self.state {
+            State::AwaitingHello(_) | State::Handshaking(_) => Some(SendError::NotEstablished),
+            State::Open(_, Shutdown { sent: false, .. }) => None,
+            State::Open(..) | State::Closed(_) | State::Failed(..) => Some(SendError::Closed),
+        }
     }
 
     /// Encrypt application data into the outgoing queue. Returns the bytes accepted: fewer
     /// than `data.len()` (possibly 0) when the outgoing queue is at its bound.
     pub(crate) fn send(&mut self, data: &[u8]) -> Result<usize, SendError> {
-        if self.error.is_some() || self.sent_close || self.closed {
-            return Err(SendError::Closed);
-        }
-        if !self.established {
-            return Err(SendError::NotEstablished);
+        if let Some(e) = self.refuse_send() {
+            return Err(e);
         }
         let limit = self.outgoing.limit();
         if limit < RECORD_OVERHEAD + 1 {
@@ -722,17 +872,9 @@ impl<S: Storage> Engine<S> {
                 if !q.reserve_exact(n + RECORD_OVERHEAD) {
                     break;
                 }
-                match w.encrypt(chunk, q.spare(0)) {
-                    Ok(m) => {
-                        q.commit(m);
-                        written += n;
-                    }
-                    Err(EncryptError::InsufficientSize(sz)) => {
-                        if !q.reserve_exact(sz.required_size) {
-                            break;
-                        }
-                    }
-                    Err(_) => break,
+                match write_growing(q, |buf| w.encrypt(chunk, buf)) {
+                    Written::Some => written += n,
+                    Written::Nothing | Written::NoRoom(_) => break,
                 }
             }
         };
@@ -747,62 +889,65 @@ impl<S: Storage> Engine<S> {
     /// Queue `close_notify`. Before the handshake completes there is nothing to send: the
     /// session just becomes terminal.
     pub(crate) fn close(&mut self) {
-        if self.sent_close || self.error.is_some() || self.closed {
-            return;
-        }
-        if !self.established {
-            self.conn = Conn::Done;
-            self.closed = true;
-            self.deadline = None;
-            return;
-        }
-        let mut queue = |q: &mut Queue<S>, w: &mut dyn Writer| loop {
-            match w.close_notify(q.spare(0)) {
-                Ok(n) => {
-                    q.commit(n);
-                    return true;
-                }
-                Err(EncryptError::InsufficientSize(sz)) => {
-                    if !q.reserve_exact(sz.required_size) {
-                        return false;
-                    }
-                }
-                Err(_) => return false,
+        match self.state {
+            State::AwaitingHello(_) | State::Handshaking(_) => {
+                self.state = State::Closed(Shutdown::default());
+                self.deadline = None;
+                return;
             }
+            State::Open(_, Shutdown { sent: false, .. }) => {}
+            State::Open(..) | State::Closed(_) | State::Failed(..) => return,
+        }
+        let mut queue = |q: &mut Queue<S>, w: &mut dyn Writer| {
+            matches!(write_growing(q, |buf| w.close_notify(buf)), Written::Some)
         };
         let done = self.with_write_traffic(&mut queue);
-        self.sent_close = true;
-        if done != Some(true) {
-            self.conn = Conn::Done;
-            self.closed = true;
-        } else if self.peer_closed {
-            // Both directions are closed now.
-            self.closed = true;
-            self.conn = Conn::Done;
+        let State::Open(_, mut shutdown) = self.state else {
+            return;
+        };
+        shutdown.sent = true;
+        if done != Some(true) || shutdown.received {
+            // Not queued (the session ends here), or both directions are closed now.
+            self.state = State::Closed(shutdown);
+        } else if let State::Open(_, s) = &mut self.state {
+            *s = shutdown;
         }
     }
 
     /// TLS 1.3: send a KeyUpdate asking the peer to update too. `false` on TLS 1.2.
     pub(crate) fn update_keys(&mut self) -> Result<bool, SendError> {
-        if !self.established {
+        if !self.is_established() {
             return Err(SendError::NotEstablished);
         }
-        if self.sent_close || self.error.is_some() || self.closed {
-            return Err(SendError::Closed);
+        if let Some(e) = self.refuse_send() {
+            return Err(e);
         }
         if self.identity.as_ref().map(|i| i.version) != Some(TlsVersion::Tls13) {
             return Ok(false);
         }
-        let mut conn = core::mem::replace(&mut self.conn, Conn::Done);
-        let ok = match &mut conn {
-            Conn::Server(c) => refresh_keys(&mut **c, &mut self.outgoing),
-            Conn::Client(c) => refresh_keys(&mut **c, &mut self.outgoing),
+        let ok = match &mut self.state {
+            State::Open(Tls::Server(c), _) => refresh_keys(&mut **c, &mut self.outgoing),
+            State::Open(Tls::Client(c), _) => refresh_keys(&mut **c, &mut self.outgoing),
             _ => false,
         };
-        self.conn = conn;
         self.adopt_write_keys();
         Ok(ok)
     }
+}
+
+/// The record size limit of a policy's `max_fragment_size`.
+fn max_send_record(max_fragment_size: Option<usize>) -> usize {
+    max_fragment_size
+        .unwrap_or(MAX_PLAINTEXT)
+        .min(MAX_PLAINTEXT)
+}
+
+/// How the lifecycle moved during one `drive`.
+enum Flow {
+    /// Handshaking or open (see `Engine::is_established`).
+    Running,
+    /// Both sides closed.
+    Closed,
 }
 
 enum Step {
@@ -824,20 +969,11 @@ fn write_traffic<C: Driven, S: Storage, R>(
         let UnbufferedStatus { state, .. } = conn.process(&mut []);
         match state {
             Ok(ConnectionState::WriteTraffic(mut wt)) => return Some(f(q, &mut wt)),
-            Ok(ConnectionState::EncodeTlsData(mut enc)) => loop {
-                match enc.encode(q.spare(0)) {
-                    Ok(n) => {
-                        q.commit(n);
-                        break;
-                    }
-                    Err(EncodeError::InsufficientSize(sz)) => {
-                        if !q.reserve_exact(sz.required_size) {
-                            return None;
-                        }
-                    }
-                    Err(EncodeError::AlreadyEncoded) => break,
+            Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                if let Written::NoRoom(_) = write_growing(q, |buf| enc.encode(buf)) {
+                    return None;
                 }
-            },
+            }
             Ok(ConnectionState::TransmitTlsData(mut t)) => {
                 if let Some(mut wt) = t.may_encrypt_app_data() {
                     let r = f(q, &mut wt);
@@ -866,138 +1002,14 @@ fn refresh_keys<C: Driven, S: Storage>(conn: &mut C, q: &mut Queue<S>) -> bool {
                 }
                 requested = true;
             }
-            Ok(ConnectionState::EncodeTlsData(mut enc)) => loop {
-                match enc.encode(q.spare(0)) {
-                    Ok(n) => {
-                        q.commit(n);
-                        break;
-                    }
-                    Err(EncodeError::InsufficientSize(sz)) => {
-                        if !q.reserve_exact(sz.required_size) {
-                            return false;
-                        }
-                    }
-                    Err(EncodeError::AlreadyEncoded) => break,
+            Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                if let Written::NoRoom(_) = write_growing(q, |buf| enc.encode(buf)) {
+                    return false;
                 }
-            },
+            }
             Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
             _ => return false,
         }
     }
     false
-}
-
-fn time_of(t: &pki_types::UnixTime) -> Time {
-    Time::from(*t)
-}
-
-/// The alert for an error that rustls returns without queueing one (its handshake deframer
-/// returns these with `?`, past the code that alerts for every other malformed message).
-fn unalerted(e: &rustls::Error) -> Option<Alert> {
-    match e {
-        rustls::Error::InvalidMessage(_) => Some(Alert::DecodeError),
-        rustls::Error::PeerMisbehaved(
-            PeerMisbehaved::MessageInterleavedWithHandshakeMessage
-            | PeerMisbehaved::TooManyEmptyFragments,
-        ) => Some(Alert::UnexpectedMessage),
-        _ => None,
-    }
-}
-
-/// The reason for a rustls error, and the alert rustls queues for it (when the alert goes out
-/// encrypted we cannot read it back, so this mapping names it).
-pub(crate) fn classify(
-    e: &rustls::Error,
-    version: Option<ProtocolVersion>,
-) -> (Reason, Option<Alert>) {
-    use rustls::Error as E;
-    let alert = |a: rustls::AlertDescription| Some(Alert::from_code(u8::from(a)));
-    match e {
-        E::AlertReceived(a) => (Reason::PeerAlert(Alert::from_code(u8::from(*a))), None),
-        E::InvalidCertificate(ce) => {
-            let a = alert(rustls::AlertDescription::from(ce.clone()));
-            let reason = match ce {
-                CertificateError::Expired => Reason::CertificateExpired {
-                    not_after: None,
-                    now: None,
-                },
-                CertificateError::ExpiredContext { time, not_after } => {
-                    Reason::CertificateExpired {
-                        not_after: Some(time_of(not_after)),
-                        now: Some(time_of(time)),
-                    }
-                }
-                CertificateError::NotValidYet => Reason::CertificateNotYetValid {
-                    not_before: None,
-                    now: None,
-                },
-                CertificateError::NotValidYetContext { time, not_before } => {
-                    Reason::CertificateNotYetValid {
-                        not_before: Some(time_of(not_before)),
-                        now: Some(time_of(time)),
-                    }
-                }
-                CertificateError::UnknownIssuer => Reason::UnknownIssuer,
-                CertificateError::Revoked => Reason::Revoked,
-                CertificateError::UnknownRevocationStatus => Reason::RevocationStatusUnknown,
-                CertificateError::ExpiredRevocationList => Reason::CrlExpired {
-                    crl: None,
-                    next_update: None,
-                },
-                CertificateError::ExpiredRevocationListContext { next_update, .. } => {
-                    Reason::CrlExpired {
-                        crl: None,
-                        next_update: Some(time_of(next_update)),
-                    }
-                }
-                CertificateError::NotValidForName
-                | CertificateError::NotValidForNameContext { .. } => Reason::NameMismatch,
-                CertificateError::ApplicationVerificationFailure => Reason::IdentityDenied,
-                _ => Reason::BadCertificate,
-            };
-            (reason, a)
-        }
-        E::NoCertificatesPresented => (
-            Reason::NoPeerCertificate,
-            if version == Some(ProtocolVersion::TLSv1_2) {
-                Some(Alert::HandshakeFailure)
-            } else {
-                Some(Alert::CertificateRequired)
-            },
-        ),
-        E::PeerIncompatible(pi) => match pi {
-            PeerIncompatible::SupportedVersionsExtensionRequired
-            | PeerIncompatible::Tls12NotOffered
-            | PeerIncompatible::Tls12NotOfferedOrEnabled
-            | PeerIncompatible::ServerDoesNotSupportTls12Or13
-            | PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig => (
-                Reason::ProtocolVersion {
-                    highest_offered: None,
-                },
-                Some(Alert::ProtocolVersion),
-            ),
-            _ => (Reason::NoCommonParameters, Some(Alert::HandshakeFailure)),
-        },
-        E::NoApplicationProtocol => (
-            Reason::NoApplicationProtocol,
-            Some(Alert::NoApplicationProtocol),
-        ),
-        E::InvalidMessage(_) => (Reason::ProtocolViolation, Some(Alert::DecodeError)),
-        E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => {
-            (Reason::ProtocolViolation, Some(Alert::UnexpectedMessage))
-        }
-        E::DecryptError => (Reason::ProtocolViolation, Some(Alert::BadRecordMac)),
-        E::PeerSentOversizedRecord => (Reason::ProtocolViolation, Some(Alert::RecordOverflow)),
-        E::PeerMisbehaved(pm) => (
-            Reason::ProtocolViolation,
-            match pm {
-                PeerMisbehaved::TooManyEmptyFragments
-                | PeerMisbehaved::TooManyWarningAlertsReceived
-                | PeerMisbehaved::TooManyKeyUpdateRequests => Some(Alert::UnexpectedMessage),
-                _ => Some(Alert::IllegalParameter),
-            },
-        ),
-        E::UnsupportedNameType => (Reason::NoCommonParameters, Some(Alert::HandshakeFailure)),
-        _ => (Reason::Internal, Some(Alert::InternalError)),
-    }
 }

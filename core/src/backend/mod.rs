@@ -3,10 +3,20 @@
 //!
 //! - this file: the caller-driven clock, the crypto provider, rustls configs, our verifiers,
 //!   ticket and session-store trait implementations;
-//! - [`engine`]: the unbuffered connection driver and the mapping of rustls errors.
+//! - [`engine`]: the unbuffered connection driver;
+//! - `alerts`: rustls errors → reasons and alerts, and the alert actually sent;
+//! - `alert_spy`: the record-layer wrapper that notes encrypted alerts;
+//! - [`roots`]: the trust anchors and the CRL signature check;
+//! - [`client_cache`]: the client session store.
+//!
+//! Nothing here imports `policy` or `session`: a policy is compiled from its plain data
+//! (`crate::spec`) into [`ServerTls`] / [`ClientTls`], which the engine runs.
 
 mod alert_spy;
+mod alerts;
+pub(crate) mod client_cache;
 pub(crate) mod engine;
+pub(crate) mod roots;
 
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
@@ -29,12 +39,13 @@ use rustls::{
 
 use crate::error::ConfigError;
 use crate::identity::{IdentityRules, LeafCache};
-use crate::policy::{
-    CipherSuite, ClientAuth, ClientPolicyBuilder, Common, Group, LoadedCrl, OwnCert,
-    ServerPolicyBuilder, Tls12Resumption, UnknownStatus, Versions,
+use crate::resumption::{ServerSessionCache, TicketKeys};
+use crate::spec::{
+    ClientAuth, ClientSpec, Common, LoadedCrl, OwnCert, Revocation, ServerSpec, Tls12Resumption,
+    UnknownStatus,
 };
-use crate::resumption::{ClientEntry, ClientSessionCache, ServerSessionCache, TicketKeys};
 use crate::time::Time;
+use crate::vocabulary::{CipherSuite, Group, Versions};
 
 #[cfg(target_has_atomic = "64")]
 type AtomicSecs = core::sync::atomic::AtomicU64;
@@ -162,103 +173,6 @@ fn certified_key(
     }
 }
 
-/// The parts of a DER CRL that its signature covers and needs: the whole `tbsCertList`, the
-/// `signatureAlgorithm` contents, the signature bits, and the raw issuer `Name` contents.
-struct CrlParts<'a> {
-    tbs: &'a [u8],
-    alg: &'a [u8],
-    signature: &'a [u8],
-    issuer: &'a [u8],
-}
-
-fn crl_parts(der: &[u8]) -> Result<CrlParts<'_>, x509_cert::der::Error> {
-    use x509_cert::der::asn1::{AnyRef, BitStringRef};
-    use x509_cert::der::{Decode, Reader, SliceReader, Tag};
-    let mut r = SliceReader::new(der)?;
-    let (tbs, alg, signature) = r.sequence(|r| {
-        let tbs = r.tlv_bytes()?;
-        let alg = AnyRef::decode(r)?.value();
-        let sig = BitStringRef::decode(r)?.raw_bytes();
-        Ok((tbs, alg, sig))
-    })?;
-    r.finish(())?;
-    let mut t = SliceReader::new(tbs)?;
-    let issuer = t.sequence(|t| {
-        if t.peek_tag()? == Tag::Integer {
-            AnyRef::decode(t)?;
-        }
-        AnyRef::decode(t)?;
-        let issuer = AnyRef::decode(t)?.value();
-        let rest = t.remaining_len();
-        t.read_slice(rest)?;
-        Ok(issuer)
-    })?;
-    Ok(CrlParts {
-        tbs,
-        alg,
-        signature,
-        issuer,
-    })
-}
-
-/// The `(algorithm contents, key bits)` of a DER `SubjectPublicKeyInfo`'s contents.
-fn spki_parts(spki: &[u8]) -> Result<(&[u8], &[u8]), x509_cert::der::Error> {
-    use x509_cert::der::asn1::{AnyRef, BitStringRef};
-    use x509_cert::der::{Decode, Reader, SliceReader};
-    let mut r = SliceReader::new(spki)?;
-    let alg = AnyRef::decode(&mut r)?.value();
-    let key = BitStringRef::decode(&mut r)?.raw_bytes();
-    r.finish((alg, key))
-}
-
-/// Check that a CRL is issued by one of `roots` and signed with its key (see
-/// [`crate::pki::check_crl`]). `issuer` is the CRL's issuer for messages.
-pub(crate) fn verify_crl(
-    der: &[u8],
-    roots: &rustls::RootCertStore,
-    issuer: &str,
-) -> Result<(), ConfigError> {
-    let bad = |detail: String| ConfigError::BadCrl { index: 0, detail };
-    let parts = crl_parts(der).map_err(|e| bad(e.to_string()))?;
-    let algs = ring_provider::default_provider().signature_verification_algorithms;
-    let mut detail = None;
-    for anchor in roots
-        .roots
-        .iter()
-        .filter(|a| a.subject.as_ref() == parts.issuer)
-    {
-        let Ok((key_alg, key)) = spki_parts(anchor.subject_public_key_info.as_ref()) else {
-            continue;
-        };
-        let mut candidates = algs.all.iter().filter(|a| {
-            a.public_key_alg_id().as_ref() == key_alg && a.signature_alg_id().as_ref() == parts.alg
-        });
-        let mut any = false;
-        if candidates.any(|a| {
-            any = true;
-            a.verify_signature(key, parts.tbs, parts.signature).is_ok()
-        }) {
-            return Ok(());
-        }
-        detail = Some(if any {
-            "bad signature"
-        } else {
-            "signature algorithm does not match the issuer's key or is not supported"
-        });
-    }
-    match detail {
-        Some(d) => Err(ConfigError::CrlBadSignature {
-            index: 0,
-            issuer: issuer.to_string(),
-            detail: d.to_string(),
-        }),
-        None => Err(ConfigError::CrlIssuerUnknown {
-            index: 0,
-            issuer: issuer.to_string(),
-        }),
-    }
-}
-
 fn crl_error(e: rustls::server::VerifierBuilderError) -> ConfigError {
     match e {
         rustls::server::VerifierBuilderError::NoRootAnchors => ConfigError::EmptyTrustStore,
@@ -272,11 +186,11 @@ fn crl_error(e: rustls::server::VerifierBuilderError) -> ConfigError {
 
 /// webpki's own `nextUpdate` check has no grace: with a grace it is left off and
 /// [`CrlGrace`] checks expiry instead.
-fn enforce_expiry_in_webpki(r: &crate::policy::Revocation) -> bool {
+fn enforce_expiry_in_webpki(r: &Revocation) -> bool {
     r.enforce_crl_expiry && r.grace.is_zero()
 }
 
-fn crl_grace(r: &crate::policy::Revocation, crls: &[LoadedCrl]) -> Option<CrlGrace> {
+fn crl_grace(r: &Revocation, crls: &[LoadedCrl]) -> Option<CrlGrace> {
     if crls.is_empty() || !r.enforce_crl_expiry || r.grace.is_zero() {
         return None;
     }
@@ -290,21 +204,69 @@ fn crl_grace(r: &crate::policy::Revocation, crls: &[LoadedCrl]) -> Option<CrlGra
     })
 }
 
-pub(crate) fn server_config(
-    b: &ServerPolicyBuilder,
-    suites: &[CipherSuite],
+/// A compiled server policy as rustls runs it: the config and the clock it reads.
+#[derive(Debug)]
+pub(crate) struct ServerTls {
+    config: Arc<ServerConfig>,
     clock: Arc<Clock>,
+}
+
+impl ServerTls {
+    /// A connection for a ClientHello admitted at `now`.
+    pub(crate) fn accept(
+        &self,
+        now: Time,
+    ) -> Result<rustls::server::UnbufferedServerConnection, rustls::Error> {
+        self.clock.set(now);
+        rustls::server::UnbufferedServerConnection::new(self.config.clone())
+    }
+
+    pub(crate) fn clock(&self) -> &Arc<Clock> {
+        &self.clock
+    }
+}
+
+/// A compiled client policy as rustls runs it: the config and the clock it reads.
+#[derive(Debug)]
+pub(crate) struct ClientTls {
+    config: Arc<ClientConfig>,
+    clock: Arc<Clock>,
+}
+
+impl ClientTls {
+    /// A connection to `name`, started at `now`.
+    pub(crate) fn connect(
+        &self,
+        name: ServerName<'static>,
+        now: Time,
+    ) -> Result<rustls::client::UnbufferedClientConnection, rustls::Error> {
+        self.clock.set(now);
+        rustls::client::UnbufferedClientConnection::new(self.config.clone(), name)
+    }
+
+    pub(crate) fn clock(&self) -> &Arc<Clock> {
+        &self.clock
+    }
+}
+
+pub(crate) fn server_config(
+    b: &ServerSpec,
+    suites: &[CipherSuite],
+    now: Time,
     leaves: Arc<LeafCache>,
     crls: &[LoadedCrl],
-) -> Result<Arc<ServerConfig>, ConfigError> {
+) -> Result<ServerTls, ConfigError> {
+    let clock = Arc::new(Clock::new(now));
     let common = &b.common;
     let provider = provider(suites, &common.groups);
     let ck = certified_key(&b.own, &provider)?;
     let verifier: Arc<dyn ClientCertVerifier> = match &b.client_auth {
         ClientAuth::Disabled => WebPkiClientVerifier::no_client_auth(),
         ClientAuth::Optional(trust) | ClientAuth::Required(trust) => {
-            let mut vb =
-                WebPkiClientVerifier::builder_with_provider(trust.checked()?, provider.clone());
+            let mut vb = WebPkiClientVerifier::builder_with_provider(
+                trust.checked()?.store(),
+                provider.clone(),
+            );
             let r = &common.revocation;
             if !r.crls.is_empty() {
                 vb = vb.with_crls(r.crls.iter().cloned());
@@ -329,7 +291,7 @@ pub(crate) fn server_config(
             })
         }
     };
-    let mut cfg = ServerConfig::builder_with_details(provider, clock)
+    let mut cfg = ServerConfig::builder_with_details(provider, clock.clone())
         .with_protocol_versions(versions(common.versions))
         .map_err(tls_config_error)?
         .with_client_cert_verifier(verifier)
@@ -347,7 +309,10 @@ pub(crate) fn server_config(
         Some(cache) if cache.enabled() => Arc::new(cache.clone()),
         _ => Arc::new(NoServerSessionStorage {}),
     };
-    Ok(Arc::new(cfg))
+    Ok(ServerTls {
+        config: Arc::new(cfg),
+        clock,
+    })
 }
 
 fn apply_common(common: &Common, alpn: &mut Vec<Vec<u8>>, mfs: &mut Option<usize>) {
@@ -356,15 +321,17 @@ fn apply_common(common: &Common, alpn: &mut Vec<Vec<u8>>, mfs: &mut Option<usize
 }
 
 pub(crate) fn client_config(
-    b: &ClientPolicyBuilder,
+    b: &ClientSpec,
     suites: &[CipherSuite],
-    clock: Arc<Clock>,
+    now: Time,
     leaves: Arc<LeafCache>,
     crls: &[LoadedCrl],
-) -> Result<Arc<ClientConfig>, ConfigError> {
+) -> Result<ClientTls, ConfigError> {
+    let clock = Arc::new(Clock::new(now));
     let common = &b.common;
     let provider = provider(suites, &common.groups);
-    let mut vb = WebPkiServerVerifier::builder_with_provider(b.trust.checked()?, provider.clone());
+    let mut vb =
+        WebPkiServerVerifier::builder_with_provider(b.trust.checked()?.store(), provider.clone());
     let r = &common.revocation;
     if !r.crls.is_empty() {
         vb = vb.with_crls(r.crls.iter().cloned());
@@ -384,7 +351,7 @@ pub(crate) fn client_config(
         .as_ref()
         .map(|own| certified_key(own, &provider))
         .transpose()?;
-    let builder = ClientConfig::builder_with_details(provider, clock)
+    let builder = ClientConfig::builder_with_details(provider, clock.clone())
         .with_protocol_versions(versions(common.versions))
         .map_err(tls_config_error)?;
     let builder = builder
@@ -404,7 +371,7 @@ pub(crate) fn client_config(
     cfg.enable_early_data = false;
     cfg.resumption = match &b.cache {
         Some(cache) => {
-            Resumption::store(Arc::new(cache.clone())).tls12_resumption(match b.tls12_resumption {
+            Resumption::store(cache.0.clone()).tls12_resumption(match b.tls12_resumption {
                 Tls12Resumption::TicketsOrSessionId => {
                     rustls::client::Tls12Resumption::SessionIdOrTickets
                 }
@@ -414,7 +381,10 @@ pub(crate) fn client_config(
         }
         None => Resumption::disabled(),
     };
-    Ok(Arc::new(cfg))
+    Ok(ClientTls {
+        config: Arc::new(cfg),
+        clock,
+    })
 }
 
 #[cfg(feature = "std")]
@@ -471,7 +441,7 @@ impl CrlGrace {
             issuers.extend(
                 intermediates
                     .iter()
-                    .filter_map(|c| crate::identity::CertInfo::parse(c).ok())
+                    .filter_map(|c| crate::cert::CertInfo::parse(c).ok())
                     .map(|c| c.issuer),
             );
         }
@@ -699,93 +669,5 @@ impl StoresServerSessions for ServerSessionCache {
     }
     fn can_cache(&self) -> bool {
         self.enabled()
-    }
-}
-
-impl ClientSessionCache {
-    /// Run `f` on the entry for `name`, creating it (and evicting the oldest) if needed;
-    /// the entry moves to the most-recent end.
-    fn with_entry<R>(
-        &self,
-        name: &ServerName<'_>,
-        f: impl FnOnce(&mut crate::resumption::RustlsClientEntry) -> R,
-    ) -> Option<R> {
-        if self.0.capacity == 0 {
-            return None;
-        }
-        let mut entries = self.0.entries.lock();
-        let entry = match entries.iter().position(|e| e.name == *name) {
-            Some(i) => entries.remove(i)?,
-            None => ClientEntry {
-                name: name.to_owned(),
-                kx_hint: None,
-                tls12: None,
-                tls13: Default::default(),
-            },
-        };
-        entries.push_back(entry);
-        while entries.len() > self.0.capacity {
-            entries.pop_front();
-        }
-        entries.back_mut().map(f)
-    }
-
-    fn find<R>(
-        &self,
-        name: &ServerName<'_>,
-        f: impl FnOnce(&mut crate::resumption::RustlsClientEntry) -> R,
-    ) -> Option<R> {
-        let mut entries = self.0.entries.lock();
-        entries.iter_mut().find(|e| e.name == *name).map(f)
-    }
-}
-
-impl rustls::client::ClientSessionStore for ClientSessionCache {
-    fn set_kx_hint(&self, server_name: ServerName<'static>, group: rustls::NamedGroup) {
-        self.with_entry(&server_name, |e| e.kx_hint = Some(group));
-    }
-
-    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
-        self.find(server_name, |e| e.kx_hint).flatten()
-    }
-
-    fn set_tls12_session(
-        &self,
-        server_name: ServerName<'static>,
-        value: rustls::client::Tls12ClientSessionValue,
-    ) {
-        self.with_entry(&server_name, |e| e.tls12 = Some(value));
-    }
-
-    fn tls12_session(
-        &self,
-        server_name: &ServerName<'_>,
-    ) -> Option<rustls::client::Tls12ClientSessionValue> {
-        self.find(server_name, |e| e.tls12.clone()).flatten()
-    }
-
-    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
-        self.find(server_name, |e| e.tls12 = None);
-    }
-
-    fn insert_tls13_ticket(
-        &self,
-        server_name: ServerName<'static>,
-        value: rustls::client::Tls13ClientSessionValue,
-    ) {
-        self.with_entry(&server_name, |e| {
-            if e.tls13.len() >= ClientSessionCache::TICKETS_PER_SERVER {
-                e.tls13.pop_front();
-            }
-            e.tls13.push_back(value);
-        });
-    }
-
-    fn take_tls13_ticket(
-        &self,
-        server_name: &ServerName<'static>,
-    ) -> Option<rustls::client::Tls13ClientSessionValue> {
-        // Newest first: it has the longest remaining lifetime.
-        self.find(server_name, |e| e.tls13.pop_back()).flatten()
     }
 }

@@ -42,7 +42,7 @@ fn record(server_kind: ServerKind, client: &ClientPolicy) -> Recording {
         let out = c.transmit().to_vec();
         c.transmitted(out.len());
         if !out.is_empty() {
-            s.receive(&out);
+            let _ = s.receive(&out);
             rec.client.push(out);
         }
         let mut got = false;
@@ -54,7 +54,7 @@ fn record(server_kind: ServerKind, client: &ClientPolicy) -> Recording {
         let out = s.transmit().to_vec();
         s.transmitted(out.len());
         if !out.is_empty() {
-            c.receive(&out);
+            let _ = c.receive(&out);
             rec.server.push(out);
         }
         if s.is_terminal() || (rec.client.len() > 4 && rec.server.len() > 4) {

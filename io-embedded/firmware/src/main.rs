@@ -28,7 +28,7 @@ use alloc::vec::Vec;
 use core::ptr::addr_of_mut;
 
 use heap::{HEAP, Role};
-use onerecord_tls::pki::{Certificate, PrivateKey};
+use onerecord_tls::{Certificate, PrivateKey};
 use onerecord_tls::{
     ClientAuth, ClientPolicy, Event, HandshakeKind, IdentityRule, ServerPolicies, ServerPolicy,
     Time, TlsVersion, TrustStore, Versions,

@@ -41,7 +41,7 @@ struct CertDate {
 #[derive(Clone, Debug, Default)]
 struct Files {
     certs: Vec<CertDate>,
-    crls: Vec<(String, pki::CrlInfo)>,
+    crls: Vec<(String, onerecord_tls::CrlInfo)>,
 }
 
 impl Files {
@@ -70,7 +70,7 @@ impl Files {
             match pki::crls_from_file(p) {
                 Ok(crls) => {
                     for der in crls {
-                        match pki::CrlInfo::parse(der.as_ref()) {
+                        match onerecord_tls::CrlInfo::parse(der.as_ref()) {
                             Ok(d) => f.crls.push((p.display().to_string(), d)),
                             Err(e) => debug!("metrics: {}: {e}", p.display()),
                         }

@@ -317,7 +317,7 @@ fn load_crls(
     files: &[PathBuf],
     trust: &TrustStore,
     ca_flag: &str,
-) -> Result<Vec<(String, pki::Crl)>, ConfigFail> {
+) -> Result<Vec<(String, onerecord_tls::Crl)>, ConfigFail> {
     let mut crls = Vec::new();
     for f in files {
         let name = f.display().to_string();
@@ -334,7 +334,7 @@ fn load_crls(
 /// A policy that does not build: a CRL problem names the CRL's file, anything else the
 /// certificate and key.
 fn policy_err(
-    crls: &[(String, pki::Crl)],
+    crls: &[(String, onerecord_tls::Crl)],
     cert: Option<&Path>,
     key: Option<&Path>,
     e: onerecord_tls::ConfigError,

@@ -10,7 +10,7 @@
 //!   as sent was queued for transmission, and a plaintext alert record names the same alert;
 //! - the buffers never exceed their bounds.
 
-use onerecord_tls::buffer::{DEFAULT_MAX_INCOMING, DEFAULT_MAX_OUTGOING, Storage};
+use onerecord_tls::{DEFAULT_MAX_INCOMING, DEFAULT_MAX_OUTGOING, Storage};
 use onerecord_tls::{Error, Event, Reason, Session, Time};
 
 /// Application data kept per session (more is counted but not stored).

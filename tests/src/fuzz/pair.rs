@@ -12,7 +12,7 @@
 //!   resumes), request, response and close_notify both ways; the revoked client is refused
 //!   with `certificate_revoked`.
 
-use onerecord_tls::buffer::Storage;
+use onerecord_tls::Storage;
 use onerecord_tls::{Alert, ClientPolicy, Reason, Session, Time};
 
 use crate::fuzz::drive::{Checked, GROWABLE_LIMITS};

@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use onerecord_tls::pki::{Certificate, Crl, PrivateKey};
+use onerecord_tls::{Certificate, Crl, PrivateKey};
 use onerecord_tls::{
     ClientAuth, ClientPolicy, ClientSessionCache, Group, IdentityRule, Revocation, ServerPolicies,
     ServerPolicy, TicketKeys, Time, TrustStore, UnknownStatus, Versions,

@@ -3,14 +3,15 @@
 
 use std::time::Duration;
 
-use onerecord_tls::buffer::{Fixed, MAX_RECORD};
-use onerecord_tls::hello::{self, Admission};
-use onerecord_tls::identity::IdentityRules;
+use onerecord_tls::Admission;
+use onerecord_tls::IdentityRules;
+use onerecord_tls::hello;
 use onerecord_tls::pki::{certificates_from_pem, crls_from_pem_or_der, private_key_from_pem};
 use onerecord_tls::{
     CertInfo, ClientAuth, ClientPolicy, ConfigError, IdentityRule, Revocation, ServerPolicy,
     Session, Sha256, TicketKeys, TrustStore,
 };
+use onerecord_tls::{Fixed, MAX_RECORD};
 
 use crate::fuzz::drive::{Checked, GROWABLE_LIMITS, Script, run_script};
 use crate::fuzz::pair::{self, Mutation, Scenario};

@@ -17,7 +17,7 @@ mod rt;
 
 use core::ptr::addr_of_mut;
 
-use onerecord_tls::pki::{Certificate, PrivateKey};
+use onerecord_tls::{Certificate, PrivateKey};
 use onerecord_tls::{ServerPolicy, Time, TrustStore};
 use onerecord_tls_embedded::{MIN_INCOMING, Tls};
 

@@ -8,7 +8,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use onerecord_tls::pki::{self, Certificate};
+use onerecord_tls::Certificate;
+use onerecord_tls::pki;
 use onerecord_tls::{ClientPolicy, Error, Event, Reason, Session, Time, TrustStore, Versions};
 use onerecord_tls_tests::{Ca, LeafSpec};
 
