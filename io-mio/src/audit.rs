@@ -101,32 +101,54 @@ pub(crate) fn log_close(
 
 /// The refusal line of a server connection that failed before its handshake finished
 /// (`onerecord::refused`, INFO): the reason, the alert sent and the certificate the peer
-/// presented (not trusted: it was refused), when there was one.
+/// presented (not trusted: it was refused), when there was one, as `peer_cn`, `peer_uri`,
+/// `peer_serial`, `peer_issuer` (`-` when the peer presented none). Fields are key-value
+/// pairs, so `--log-format json` carries each as a member of the line's object.
 pub(crate) fn log_refused(remote: SocketAddr, sni: Option<&str>, err: &Error) {
     let alert = err
         .alert_sent()
         .map_or_else(|| "none".to_string(), |a| a.to_string());
-    let presented = err
-        .presented_certificate()
-        .map_or_else(String::new, |cert| {
-            format!(
-                " peer_cn={:?} peer_uri={:?} peer_serial={} peer_issuer={:?}",
-                cert.common_names.first().map_or("-", String::as_str),
-                cert.uris.first().map_or("-", String::as_str),
-                cert.serial_hex(),
-                cert.issuer
-            )
-        });
+    let cert = err.presented_certificate();
+    let reason = reason_name(err);
+    let serial = cert.map_or_else(|| "-".to_string(), CertInfo::serial_hex);
     info!(
         target: "onerecord::refused",
-        "refused remote={} sni={:?} reason={:?} failure={} alert={} error=\"{}\"{}",
-        remote,
-        sni.unwrap_or("-"),
-        err.reason(),
-        err.failure().label(),
-        alert,
-        err,
-        presented
+        remote:% = remote, sni = or_dash(sni), reason = reason.as_str(),
+        failure = err.failure().label(), alert = alert.as_str(), error:% = err,
+        peer_cn = or_dash(cert.and_then(|c| c.common_names.first()).map(String::as_str)),
+        peer_uri = or_dash(cert.and_then(|c| c.uris.first()).map(String::as_str)),
+        peer_serial = serial.as_str(),
+        peer_issuer = or_dash(cert.map(|c| c.issuer.as_str()));
+        "refused"
+    );
+}
+
+/// The name of the error's reason (`CrlExpired`, `Revoked`, ...): its details are in the
+/// `error` field's message.
+fn reason_name(err: &Error) -> String {
+    let debug = format!("{:?}", err.reason());
+    let end = debug.find([' ', '{', '(']).unwrap_or(debug.len());
+    debug[..end].to_string()
+}
+
+/// The refusal line of a connection closed before its handshake because the server was at
+/// `max_connections` (`onerecord::refused`, INFO).
+pub(crate) fn log_over_capacity(remote: SocketAddr, max_connections: usize) {
+    info!(
+        target: "onerecord::refused",
+        remote:% = remote, reason = "over capacity", max_connections = max_connections;
+        "refused"
+    );
+}
+
+/// The refusal line of a verified peer the application's [`crate::Service`] refused
+/// (`onerecord::refused`, INFO).
+pub(crate) fn log_refused_by_service(remote: SocketAddr, listener: usize, cn: Option<&str>) {
+    info!(
+        target: "onerecord::refused",
+        remote:% = remote, reason = "refused by application", cn = or_dash(cn),
+        listener = listener;
+        "refused"
     );
 }
 

@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::Instant;
 
-use log::{debug, info, warn};
+use log::{debug, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Registry};
 use onerecord_tls::{Event, Now, Reason, Session, Time};
@@ -591,10 +591,10 @@ fn run_session(c: &mut Conn, now: Now, counters: &mut Counters, upstream: &mut O
                             Some(h) => *app = App::Handler(h),
                             None => {
                                 counters.refused_by_service += 1;
-                                info!(
-                                    target: "onerecord::refused",
-                                    "refused remote={remote} reason=\"refused by application\" cn={:?} listener={listener}",
-                                    id.common_name()
+                                crate::audit::log_refused_by_service(
+                                    *remote,
+                                    *listener,
+                                    id.common_name(),
                                 );
                                 *app = App::Refused;
                                 close = true;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Poll, Token};
 
@@ -245,11 +245,7 @@ impl Worker {
             });
             if took.is_err() {
                 self.local.refused_capacity += 1;
-                info!(
-                    target: "onerecord::refused",
-                    "refused remote={remote} reason=\"over capacity\" max_connections={}",
-                    self.shared.limits.max_connections
-                );
+                crate::audit::log_over_capacity(remote, self.shared.limits.max_connections);
                 drop(stream);
                 continue;
             }

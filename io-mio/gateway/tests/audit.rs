@@ -219,6 +219,75 @@ fn json_log_format_writes_one_object_per_line_with_the_audit_fields() {
 }
 
 #[test]
+fn json_refusal_lines_carry_reason_alert_and_the_presented_certificate_as_fields() {
+    let pki = Pki::new();
+    let mut args = vec!["server".to_string(), "--log-format".into(), "json".into()];
+    args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+    args.extend(mtls_args(&pki, &[]));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let gw = Proc::gateway(&refs, None, &[]);
+    gw.wait_for_log("listening on", Duration::from_secs(20));
+    let addr: std::net::SocketAddr = json_lines(&gw.log())
+        .iter()
+        .find_map(|v| {
+            v["message"]
+                .as_str()?
+                .strip_prefix("listening on ")?
+                .parse()
+                .ok()
+        })
+        .expect("listening line");
+    // A certificate from a CA the gateway does not trust, then no certificate at all.
+    let (cert, key) = (pki.path("stranger.pem"), pki.path("stranger.key"));
+    let ca = pki.path("ca.pem");
+    let stranger = text(&s_client(
+        addr,
+        &["-CAfile", &ca, "-cert", &cert, "-key", &key],
+        GET10,
+    ));
+    assert!(!stranger.contains("200 OK"), "{stranger}");
+    let anon = text(&s_client(addr, &["-CAfile", &ca], GET10));
+    assert!(!anon.contains("200 OK"), "{anon}");
+    let start = std::time::Instant::now();
+    let refusals = loop {
+        let r: Vec<_> = json_lines(&gw.log())
+            .into_iter()
+            .filter(|v| v["target"] == "onerecord::refused")
+            .collect();
+        if r.len() >= 2 || start.elapsed() > Duration::from_secs(10) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    let unknown = &refusals[0];
+    assert_eq!(unknown["message"], "refused");
+    assert_eq!(unknown["failure"], "unknown_ca", "{unknown}");
+    assert_eq!(unknown["alert"], "unknown_ca", "{unknown}");
+    assert_eq!(unknown["peer_cn"], "acme-cargo", "{unknown}");
+    assert_eq!(
+        unknown["peer_uri"],
+        format!("{URI_PREFIX}acme-cargo"),
+        "{unknown}"
+    );
+    assert!(
+        unknown["peer_issuer"]
+            .as_str()
+            .is_some_and(|i| i.contains("CN=Untrusted CA")),
+        "{unknown}"
+    );
+    assert!(
+        unknown["remote"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("127.0.0.1:"))
+    );
+    let anonymous = &refusals[1];
+    assert_eq!(anonymous["failure"], "no_client_cert", "{anonymous}");
+    assert_eq!(anonymous["peer_cn"], "-", "{anonymous}");
+    assert_eq!(anonymous["peer_serial"], "-", "{anonymous}");
+}
+
+#[test]
 fn a_startup_error_is_printed_exactly_once() {
     let pki = Pki::new();
     let missing = pki.path("missing.pem");

@@ -149,7 +149,7 @@ fn expired_crl_warns_at_start_and_its_refusals_are_crl_expired_in_log_and_metric
         line.contains(&file),
         "the refusal names the stale CRL file: {line}"
     );
-    assert!(line.contains("peer_cn=\"acme-cargo\""), "{line}");
+    assert!(line.contains(" peer_cn=acme-cargo "), "{line}");
     let series = "onerecord_handshake_failures_total{reason=\"crl_expired\"}";
     let start = Instant::now();
     loop {
@@ -284,11 +284,11 @@ fn refusal_log_names_the_certificate_the_client_presented() {
             .nth(before)
             .unwrap();
         assert!(line.contains(&format!("failure={failure}")), "{line}");
-        assert!(line.contains(&format!("peer_cn=\"{cn}\"")), "{line}");
+        assert!(line.contains(&format!(" peer_cn={cn} ")), "{line}");
         assert!(
             line.contains("peer_serial=") && line.contains("peer_issuer="),
             "{line}"
         );
-        assert!(line.contains("peer_uri=\"https://"), "{line}");
+        assert!(line.contains(" peer_uri=https://"), "{line}");
     }
 }
