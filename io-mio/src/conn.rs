@@ -96,20 +96,29 @@ enum App {
 }
 
 /// A connection's lifecycle on the adapter's side, in the order it is lived. The session
-/// holds the TLS state (handshake, established, closed, failed); this is what the adapter
-/// adds: when to send `close_notify`, how long to wait for the peer, and the final drain.
+/// holds the TLS state (handshake, established, closed, failed; see [`TlsEnd`]); this is what
+/// the adapter adds: a graceful drain, when to send `close_notify`, how long to wait for the
+/// peer, and the final drain of its input. Every transition is a method of `Life`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Life {
     /// Handshaking or carrying data; nobody asked to end it.
     Open,
+    /// Graceful shutdown of a proxied stream: the upstream's input is ended once what the
+    /// client sent so far is forwarded, and its end of stream closes the connection.
+    Draining,
     /// The application, the plain side, the idle timer or shutdown asked to end it:
     /// `close_notify` goes out once the queued plaintext is in the session.
-    CloseAfterFlush,
+    CloseAfterFlush {
+        /// The upstream's input was ended by a graceful drain ([`Life::Draining`] before).
+        drained: bool,
+    },
     /// `close_notify` or a fatal alert went out at `since`: wait up to the linger time for
     /// the peer's `close_notify`, its end of stream, or for the bytes to be written.
     Closing {
         /// When it went out (linger starts).
         since: Instant,
+        /// The upstream's input was ended by a graceful drain.
+        drained: bool,
     },
     /// The alert is written and our side shut down: the peer's remaining input is read and
     /// dropped until it closes (or the linger deadline), so that closing never resets the
@@ -121,6 +130,95 @@ enum Life {
         /// Bytes read and dropped so far.
         discarded: usize,
     },
+}
+
+impl Life {
+    /// A close was asked: `close_notify` once the queued plaintext is in the session.
+    fn close_after_flush(&mut self) {
+        match *self {
+            Life::Open => *self = Life::CloseAfterFlush { drained: false },
+            Life::Draining => *self = Life::CloseAfterFlush { drained: true },
+            Life::CloseAfterFlush { .. } | Life::Closing { .. } | Life::Lingering { .. } => {}
+        }
+    }
+
+    /// A graceful drain ends the upstream's input, whatever else is under way.
+    fn drain(&mut self) {
+        match self {
+            Life::Open => *self = Life::Draining,
+            Life::CloseAfterFlush { drained } | Life::Closing { drained, .. } => *drained = true,
+            Life::Draining | Life::Lingering { .. } => {}
+        }
+    }
+
+    /// `close_notify` or a fatal alert went out at `now`: the linger time starts.
+    fn went_out(&mut self, now: Instant) {
+        match *self {
+            Life::Open => {
+                *self = Life::Closing {
+                    since: now,
+                    drained: false,
+                }
+            }
+            Life::Draining => {
+                *self = Life::Closing {
+                    since: now,
+                    drained: true,
+                }
+            }
+            Life::CloseAfterFlush { drained } => {
+                *self = Life::Closing {
+                    since: now,
+                    drained,
+                }
+            }
+            Life::Closing { .. } | Life::Lingering { .. } => {}
+        }
+    }
+
+    /// The alert is written and our side shut down: drop the peer's input until it closes.
+    fn linger(&mut self) {
+        if let Life::Closing { since, .. } = *self {
+            *self = Life::Lingering {
+                since,
+                discarded: 0,
+            };
+        }
+    }
+
+    /// A close was asked and `close_notify` is not out yet.
+    fn close_asked(self) -> bool {
+        matches!(self, Life::CloseAfterFlush { .. })
+    }
+
+    /// The upstream's input is to be ended by a graceful drain (while it still matters:
+    /// a lingering connection no longer pumps its plain side).
+    fn draining(self) -> bool {
+        match self {
+            Life::Draining => true,
+            Life::CloseAfterFlush { drained } | Life::Closing { drained, .. } => drained,
+            Life::Open | Life::Lingering { .. } => false,
+        }
+    }
+
+    /// When linger started, once `close_notify` or an alert went out.
+    fn closing_since(self) -> Option<Instant> {
+        match self {
+            Life::Closing { since, .. } | Life::Lingering { since, .. } => Some(since),
+            Life::Open | Life::Draining | Life::CloseAfterFlush { .. } => None,
+        }
+    }
+}
+
+/// Where the TLS side stands at the end of a wakeup, as the session reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TlsEnd {
+    /// Handshaking or carrying data, perhaps with our `close_notify` queued.
+    Running,
+    /// Closed: both `close_notify`s exchanged, or ours queued and the peer gone.
+    Closed,
+    /// Failed: the alert (or the plaintext `400`) is queued or out.
+    Failed,
 }
 
 /// What a connection needs from its worker after a wakeup.
@@ -173,21 +271,14 @@ pub(crate) struct Conn {
     to_tls: Queue,
     /// Bytes to write raw on the TLS socket (the `400` answer to plaintext HTTP).
     raw_out: Queue,
-    /// Graceful shutdown of a proxied stream: the upstream's input is ended once what the
-    /// client sent so far is forwarded, and its end of stream closes the connection.
-    draining: bool,
     last_activity: Instant,
     /// The deadline the worker's timer heap knows for this connection.
     pub(crate) deadline: Option<Instant>,
     /// In the worker's list of connections to drive.
     pub(crate) queued: bool,
-    /// The session's failure was counted and logged.
-    counted_failure: bool,
     /// When the TCP connection was accepted: the handshake duration and the audit line's
     /// duration start here.
     opened: Instant,
-    /// The access line was logged: a close line follows at removal.
-    audited: bool,
     /// Why the connection ended, as first known (audit; see [`End`]).
     end: Option<End>,
 }
@@ -258,13 +349,10 @@ impl Conn {
             to_plain: Queue::default(),
             to_tls: Queue::default(),
             raw_out: Queue::default(),
-            draining: false,
             last_activity: now,
             deadline: None,
             queued: false,
-            counted_failure: false,
             opened: now,
-            audited: false,
             end: None,
         }
     }
@@ -328,16 +416,18 @@ impl Conn {
 
     /// Ask for `close_notify` once the queued plaintext is in the session.
     fn close_after_flush(&mut self) {
-        if self.life == Life::Open {
-            self.life = Life::CloseAfterFlush;
-        }
+        self.life.close_after_flush();
     }
 
-    /// When linger started, once `close_notify` or an alert went out.
-    fn closing_since(&self) -> Option<Instant> {
-        match self.life {
-            Life::Closing { since } | Life::Lingering { since, .. } => Some(since),
-            Life::Open | Life::CloseAfterFlush => None,
+    /// Where the TLS side stands (see [`TlsEnd`]).
+    fn tls_end(&self) -> TlsEnd {
+        let s = &self.session;
+        if s.error().is_some() {
+            TlsEnd::Failed
+        } else if s.is_terminal() || (s.close_sent() && (s.peer_closed() || self.tls.eof)) {
+            TlsEnd::Closed
+        } else {
+            TlsEnd::Running
         }
     }
 
@@ -360,7 +450,7 @@ impl Conn {
             // cut it. End the upstream's input instead; the upstream finishes what it owes,
             // and its end of stream closes this connection (close_notify after the last
             // byte). The drain timeout bounds it.
-            self.draining = true;
+            self.life.drain();
         } else if self.session.is_established() {
             self.close_after_flush();
         } else {
@@ -371,7 +461,7 @@ impl Conn {
     /// The connection's next deadline: linger once closing, the handshake timeout while
     /// handshaking, the idle timeout once established.
     pub(crate) fn next_deadline(&self, now: Instant, limits: &Limits) -> Option<Instant> {
-        if let Some(since) = self.closing_since() {
+        if let Some(since) = self.life.closing_since() {
             Some(since + limits.linger)
         } else if !self.session.is_established() {
             self.session.poll_timeout().map(|t| t.to_std().max(now))
@@ -385,9 +475,10 @@ impl Conn {
         self.session.stats()
     }
 
-    /// The close line of the audit log, when the access line was logged.
+    /// The close line of the audit log, when the access line was logged (it is logged when
+    /// the session reports the handshake complete, so exactly when it is established).
     pub(crate) fn log_close(&self) {
-        if !self.audited {
+        if !self.session.is_established() {
             return;
         }
         let end = self.end.clone().unwrap_or_else(|| {
@@ -465,7 +556,7 @@ fn timers_and_linger(
     counters: &mut Counters,
 ) -> Option<Done> {
     if wake == Wake::Timer {
-        if let Some(since) = c.closing_since() {
+        if let Some(since) = c.life.closing_since() {
             if now >= since + limits.linger {
                 return Some(Done::Remove);
             }
@@ -567,7 +658,6 @@ fn run_session(c: &mut Conn, now: Now, counters: &mut Counters, upstream: &mut O
         local,
         listener,
         opened,
-        audited,
         end,
         ..
     } = c;
@@ -578,7 +668,6 @@ fn run_session(c: &mut Conn, now: Now, counters: &mut Counters, upstream: &mut O
         Event::Established(id) => {
             counters.handshake(id.version, id.resumed(), opened.elapsed());
             log_access(mode, *remote, *local, id);
-            *audited = true;
             match mode {
                 Mode::Terminate { backend, .. } => match backend {
                     Backend::Service(service) => {
@@ -638,13 +727,12 @@ fn run_session(c: &mut Conn, now: Now, counters: &mut Counters, upstream: &mut O
     if !reply.out.is_empty() {
         to_tls.append(core::mem::take(&mut reply.out));
     }
-    if (close || reply.close) && *life == Life::Open {
-        *life = Life::CloseAfterFlush;
+    if close || reply.close {
+        life.close_after_flush();
     }
     if res.is_err() {
         if let Some(err) = c.session.error()
             && matches!(err.reason(), Reason::PlaintextHttp)
-            && !c.counted_failure
         {
             // Plaintext HTTP on the TLS port: the answer is a plain `400`, written raw.
             counters.plaintext_http += 1;
@@ -670,7 +758,7 @@ fn plaintext_400() -> String {
 /// Phase 3, feed plaintext: into the session; `close_notify` once it is all in and a close was
 /// asked. `true` on progress.
 fn feed_plaintext(c: &mut Conn, now: Now) -> bool {
-    let close_asked = c.life == Life::CloseAfterFlush;
+    let close_asked = c.life.close_asked();
     if !(c.session.is_established() && !c.session.close_sent() && !c.session.is_terminal()) {
         if close_asked && !c.session.is_established() && !c.session.is_terminal() {
             c.session.close();
@@ -754,7 +842,8 @@ fn pump_plain(
     if !p.connected {
         return Ok(false);
     }
-    if c.draining && p.write_closed {
+    let draining = c.life.draining();
+    if draining && p.write_closed {
         // Sent after the drain began: the upstream's input is already closed.
         c.to_plain = Queue::default();
     }
@@ -779,7 +868,7 @@ fn pump_plain(
     }
     if c.to_plain.is_empty()
         && !p.write_closed
-        && (c.session.peer_closed() || c.session.is_terminal() || c.draining)
+        && (c.session.peer_closed() || c.session.is_terminal() || draining)
     {
         let _ = p.stream.shutdown(Shutdown::Write);
         p.write_closed = true;
@@ -829,53 +918,39 @@ fn pump_plain(
 /// buffers back while idle.
 fn finish(c: &mut Conn, now: Instant, limits: &Limits) -> Done {
     let flushed = c.flushed();
-    if (c.session.error().is_some() || c.session.close_sent())
-        && matches!(c.life, Life::Open | Life::CloseAfterFlush)
-    {
-        c.life = Life::Closing { since: now };
+    if c.session.error().is_some() || c.session.close_sent() {
+        c.life.went_out(now);
     }
-    if c.session.error().is_some() {
+    match c.tls_end() {
         // The alert (or the 400) is out: close. Otherwise linger until it is.
-        if c.tls.eof {
-            return Done::Remove;
-        }
-        if flushed {
+        TlsEnd::Failed if c.tls.eof => return Done::Remove,
+        TlsEnd::Failed if flushed => {
             let _ = c.tls.stream.shutdown(Shutdown::Write);
-            if let Life::Closing { since } = c.life {
-                c.life = Life::Lingering {
-                    since,
-                    discarded: 0,
-                };
-            }
+            c.life.linger();
             return if discard_input(c) {
                 Done::Remove
             } else {
                 Done::Wait
             };
         }
-        return Done::Wait;
-    }
-    if c.session.is_terminal() || (c.session.close_sent() && (c.session.peer_closed() || c.tls.eof))
-    {
-        // Both close_notifys exchanged, or ours is queued and the peer is gone.
-        let plain_done = c
-            .plain
-            .as_ref()
-            .is_none_or(|p| p.write_closed || c.to_plain.is_empty());
-        if flushed && plain_done {
-            let _ = c.tls.stream.shutdown(Shutdown::Write);
-            return Done::Remove;
+        TlsEnd::Failed => return Done::Wait,
+        TlsEnd::Closed => {
+            // Both close_notifys exchanged, or ours is queued and the peer is gone.
+            let plain_done = c
+                .plain
+                .as_ref()
+                .is_none_or(|p| p.write_closed || c.to_plain.is_empty());
+            if flushed && plain_done {
+                let _ = c.tls.stream.shutdown(Shutdown::Write);
+                return Done::Remove;
+            }
+            // The peer is gone and what is left cannot be written, or it left before the
+            // handshake finished.
+            if c.tls.eof && (!flushed || (!c.session.is_established() && c.session.is_terminal())) {
+                return Done::Remove;
+            }
         }
-        if c.tls.eof && !flushed {
-            return Done::Remove;
-        }
-    }
-    if c.tls.eof
-        && !c.session.is_established()
-        && c.session.error().is_none()
-        && c.session.is_terminal()
-    {
-        return Done::Remove;
+        TlsEnd::Running => {}
     }
     // Work left that readiness will not announce again.
     let more_input = c.tls.readable
@@ -924,16 +999,13 @@ fn is_would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
-/// Note the session's failure once: why the connection ended (audit), and the log line
-/// that says it (partner WARN in client mode, refusal line before the handshake finished).
+/// Note the session's failure: why the connection ended (audit), and the log line that says
+/// it (partner WARN in client mode, refusal line before the handshake finished). It runs once:
+/// [`run_session`] runs only while the session is not terminal, and a failure makes it so.
 fn note_failure(c: &mut Conn) {
-    if c.counted_failure {
-        return;
-    }
     let Some(err) = c.session.error() else {
         return;
     };
-    c.counted_failure = true;
     c.end.get_or_insert_with(|| match err.reason() {
         Reason::UnexpectedEof => End::PeerEof,
         _ => End::Error(err.to_string()),
