@@ -654,8 +654,10 @@ fn run(
                 do_reload(exposition::Trigger::Signal);
             }
             _ => {
-                info!("shutting down: draining connections");
+                // Not ready before the line that says so: whoever reads the log and then asks
+                // /readyz must see 503.
                 status.set_ready(false);
+                info!("shutting down: draining connections");
                 handle.shutdown();
                 break;
             }
