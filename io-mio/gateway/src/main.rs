@@ -343,6 +343,7 @@ fn policy_err(
     match &e {
         E::BadCrl { index, .. }
         | E::CrlIssuerUnknown { index, .. }
+        | E::CrlIssuerNotCrlSigner { index, .. }
         | E::CrlBadSignature { index, .. } => match crls.get(*index) {
             Some((file, _)) => ConfigFail(format!("--crl {file}: {e}")),
             None => ConfigFail(format!("--crl: {e}")),
