@@ -168,7 +168,8 @@ struct ServerArgs {
     #[arg(long, requires = "client_ca")]
     require_client_cert: bool,
     /// CRL file (PEM or DER) checked for client certificates (repeatable). Needs
-    /// --ca: each CRL must be issued and signed by a certificate of that bundle.
+    /// --ca: each CRL must be issued and signed by a certificate of that bundle that may
+    /// sign CRLs (a key usage without cRLSign is refused; no key usage extension is fine).
     #[arg(long, value_name = "FILE", requires = "client_ca")]
     crl: Vec<PathBuf>,
     /// With --crl: accept certificates no CRL covers (default: refuse them).

@@ -2,7 +2,8 @@
 //! trusted CA issued or whose signature is bad stops the start (exit 2 naming the file) and
 //! is refused on reload; a damaged CRL is named as such; an expired CRL is a warning at start
 //! and its refusals are `crl_expired` in the log and the metrics; `--crl-grace` opens a
-//! bounded window; refusal lines name the certificate the client presented.
+//! bounded window; a CRL of a CA that may not sign CRLs stops the start; refusal lines name
+//! the certificate the client presented.
 
 mod common;
 
@@ -97,6 +98,86 @@ fn crl_with_a_bad_signature_exits_2_naming_the_file() {
     let (ca, file) = (pki.path("ca.pem"), pki.path("forged.crl"));
     let out = run_to_exit(&pki, &["--client-ca", &ca, "--crl", &file]);
     assert_exit_2_naming(&out, &file, &["signature"]);
+}
+
+/// A CA bundle of the test CA and `ca`, written as `name`; its path.
+fn bundle_with(pki: &Pki, ca: &Ca, name: &str) -> String {
+    let bundle = pki.ca.pem() + &ca.pem();
+    std::fs::write(pki.path(name), bundle).unwrap();
+    pki.path(name)
+}
+
+#[test]
+fn crl_of_a_ca_whose_key_usage_lacks_crl_sign_exits_2_naming_the_file() {
+    let pki = Pki::new();
+    let issuing_only = Ca::without_crl_sign("Issuing-only CA");
+    let bundle = bundle_with(&pki, &issuing_only, "bundle.pem");
+    let crl = issuing_only.crl_at(wall_secs(), &[], 30);
+    std::fs::write(pki.path("issuing-only.crl"), crl.as_ref()).unwrap();
+    let file = pki.path("issuing-only.crl");
+    let out = run_to_exit(&pki, &["--client-ca", &bundle, "--crl", &file]);
+    assert_exit_2_naming(&out, &file, &["CN=Issuing-only CA", "cRLSign"]);
+    // A CA certificate without a key usage extension may sign CRLs: that one starts.
+    let legacy = Ca::without_key_usage("Legacy CA");
+    let bundle = bundle_with(&pki, &legacy, "legacy-bundle.pem");
+    let crl = legacy.crl_at(wall_secs(), &[], 30);
+    std::fs::write(pki.path("legacy.crl"), crl.as_ref()).unwrap();
+    let gw = Gateway::start(
+        "server",
+        &[
+            "--cert",
+            &pki.path("server.pem"),
+            "--key",
+            &pki.path("server.key"),
+            "--client-ca",
+            &bundle,
+            "--crl",
+            &pki.path("legacy.crl"),
+        ],
+    );
+    assert!(!gw.log().contains("ERROR"), "{}", gw.log());
+}
+
+#[test]
+fn reload_with_a_crl_of_a_ca_without_crl_sign_keeps_the_current_policy() {
+    let pki = Pki::new();
+    let issuing_only = Ca::without_crl_sign("Issuing-only CA");
+    let bundle = bundle_with(&pki, &issuing_only, "bundle.pem");
+    let file = pki.path("crl.der");
+    let gw = Gateway::start(
+        "server",
+        &[
+            "--cert",
+            &pki.path("server.pem"),
+            "--key",
+            &pki.path("server.key"),
+            "--client-ca",
+            &bundle,
+            "--require-client-cert",
+            "--crl",
+            &file,
+            "--workers",
+            "1",
+        ],
+    );
+    assert!(get(&pki, gw.addr, "revoked").is_err());
+    let crl = issuing_only.crl_at(wall_secs(), &[], 30);
+    pki.replace_file("crl.der", crl.as_ref());
+    gw.signal("HUP");
+    gw.wait_for_log("reload failed", Duration::from_secs(10));
+    let log = gw.log();
+    let line = log.lines().find(|l| l.contains("reload failed")).unwrap();
+    assert!(
+        line.contains("ERROR") && line.contains(&file) && line.contains("cRLSign"),
+        "{line}"
+    );
+    // The previous CRL is still in force.
+    assert!(
+        get(&pki, gw.addr, "client")
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+    );
+    assert!(get(&pki, gw.addr, "revoked").is_err());
 }
 
 #[test]
