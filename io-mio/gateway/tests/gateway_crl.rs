@@ -2,15 +2,17 @@
 //! trusted CA issued or whose signature is bad stops the start (exit 2 naming the file) and
 //! is refused on reload; a damaged CRL is named as such; an expired CRL is a warning at start
 //! and its refusals are `crl_expired` in the log and the metrics; `--crl-grace` opens a
-//! bounded window; a CRL of a CA that may not sign CRLs stops the start; refusal lines name
-//! the certificate the client presented.
+//! bounded window (in client mode too); a CRL of a CA that may not sign CRLs stops the start;
+//! refusal lines name the certificate the client presented.
 
+mod cli_support;
 mod common;
 
 use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use cli_support::{s_server, through};
 use common::{Gateway, Pki, free_port, http_get, s_client, sample, scrape, text};
 use onerecord_tls_mio::Client;
 use onerecord_tls_tests::{Ca, wall_secs};
@@ -372,4 +374,74 @@ fn refusal_log_names_the_certificate_the_client_presented() {
         );
         assert!(line.contains(" peer_uri=https://"), "{line}");
     }
+}
+
+const GET10: &[u8] = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n";
+
+#[test]
+fn client_mode_expired_crl_refuses_the_partner_as_crl_expired_unless_within_crl_grace() {
+    let pki = Pki::new();
+    let (_server, port) = s_server(&[
+        "-cert",
+        &pki.path("server.pem"),
+        "-key",
+        &pki.path("server.key"),
+    ]);
+    let partner = format!("127.0.0.1:{port}");
+    let stale = pki.ca.crl_at(wall_secs(), &[], -1);
+    std::fs::write(pki.path("stale.crl"), stale.as_ref()).unwrap();
+    let file = pki.path("stale.crl");
+    let ca = pki.path("ca.pem");
+    let client = |extra: &[&str]| {
+        let mut args = vec![
+            "--connect",
+            &partner,
+            "--server-name",
+            "localhost",
+            "--ca",
+            &ca,
+            "--crl",
+            &file,
+            "--workers",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        Gateway::start("client", &args)
+    };
+    let warned_expired = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains(&file) && l.contains("expired"))
+    };
+
+    let gw = client(&["--crl-grace", "172800"]);
+    let log = gw.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("--crl-grace 172800")),
+        "{log}"
+    );
+    assert!(warned_expired(&log), "{log}");
+    let page = through(gw.addr, GET10);
+    assert!(
+        page.starts_with("HTTP/1.0 200 ok"),
+        "within the grace:\n{page}\n{}",
+        gw.log()
+    );
+    drop(gw);
+
+    let gw = client(&[]);
+    assert!(warned_expired(&gw.log()), "{}", gw.log());
+    assert!(!gw.log().contains("--crl-grace"), "{}", gw.log());
+    let page = through(gw.addr, GET10);
+    assert!(page.is_empty(), "refused: {page}");
+    gw.wait_for_log("onerecord::partner", Duration::from_secs(10));
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("onerecord::partner"))
+        .unwrap();
+    assert!(
+        line.contains("WARN") && line.contains(&partner) && line.contains("failure=crl_expired"),
+        "{line}"
+    );
 }
