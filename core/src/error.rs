@@ -691,6 +691,15 @@ pub enum ConfigError {
         /// Why.
         detail: String,
     },
+    /// A CRL's issuer in the trust store has a key usage extension without `cRLSign`: that
+    /// CA may not sign CRLs (RFC 5280 section 6.3.3 (f); OpenSSL refuses such a CRL too). A
+    /// CA certificate without a key usage extension may (as rustls-webpki reads it).
+    CrlIssuerNotCrlSigner {
+        /// Index in the list.
+        index: usize,
+        /// The CRL's issuer, RFC 4514.
+        issuer: String,
+    },
     /// CRLs were given for a server policy without client authentication: there is no
     /// client certificate to check them against.
     CrlWithoutClientAuth,
@@ -794,6 +803,11 @@ impl fmt::Display for ConfigError {
                 "CRL #{index}: signature does not verify with the key of its issuer {issuer:?} \
                  in the CA bundle: {detail}"
             ),
+            Self::CrlIssuerNotCrlSigner { index, issuer } => write!(
+                f,
+                "CRL #{index} is issued by {issuer:?}, whose CA certificate in the CA bundle \
+                 lacks the cRLSign key usage: that CA may not sign CRLs"
+            ),
             Self::CrlWithoutClientAuth => f.write_str(
                 "CRLs need client authentication: give a client CA bundle (the CRLs check \
                  client certificates)",
@@ -821,6 +835,9 @@ impl ConfigError {
         match self {
             Self::BadCrl { detail, .. } => Self::BadCrl { index, detail },
             Self::CrlIssuerUnknown { issuer, .. } => Self::CrlIssuerUnknown { index, issuer },
+            Self::CrlIssuerNotCrlSigner { issuer, .. } => {
+                Self::CrlIssuerNotCrlSigner { index, issuer }
+            }
             Self::CrlBadSignature { issuer, detail, .. } => Self::CrlBadSignature {
                 index,
                 issuer,

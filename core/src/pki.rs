@@ -82,6 +82,12 @@ pub fn crls_from_pem_or_der(input: &[u8]) -> Result<Vec<Crl>, ConfigError> {
 /// intermediates next to roots (each is an anchor); a CRL of such an intermediate passes.
 /// A CRL of an intermediate that peers only send in their chains fails with
 /// [`ConfigError::CrlIssuerUnknown`]: add that intermediate to the bundle.
+///
+/// The issuer's CA certificate must also be allowed to sign CRLs: one whose key usage
+/// extension lacks `cRLSign` gives [`ConfigError::CrlIssuerNotCrlSigner`] (RFC 5280 section
+/// 6.3.3 (f); OpenSSL refuses such a CRL as well, while rustls-webpki does not read a trust
+/// anchor's key usage). A CA certificate without a key usage extension may sign CRLs, as
+/// rustls-webpki reads it.
 pub fn check_crl(der: &[u8], trust: &TrustStore) -> Result<CrlInfo, ConfigError> {
     let info = CrlInfo::parse(der)?;
     trust.roots.verify_crl(der, &info.issuer)?;

@@ -195,18 +195,53 @@ pub struct Ca {
     /// their PEM: empty for a root.
     intermediates: Vec<(Certificate<'static>, String)>,
     next_serial: std::cell::Cell<u64>,
+    /// The same name and key without a key usage list, to sign CRLs when the certificate's
+    /// key usage lacks `cRLSign` (rcgen refuses to sign a CRL for such an issuer).
+    crl_signer: Option<Issuer<'static, KeyPair>>,
 }
 
 impl Ca {
     /// A new self-signed ECDSA P-256 CA named `name`.
     pub fn new(name: &str) -> Self {
-        let params = Self::params(name);
+        Self::self_signed(Self::params(name))
+    }
+
+    /// A self-signed CA whose key usage is `keyCertSign` and `digitalSignature` only: it may
+    /// issue certificates but not CRLs. Its [`Ca::crl`] still signs one (a CRL that a
+    /// verifier must not accept from this issuer).
+    pub fn without_crl_sign(name: &str) -> Self {
+        let mut params = Self::params(name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        Self::self_signed(params)
+    }
+
+    /// A self-signed CA without a key usage extension (RFC 5280 lets a verifier read that
+    /// as any usage).
+    pub fn without_key_usage(name: &str) -> Self {
+        let mut params = Self::params(name);
+        params.key_usages = Vec::new();
+        Self::self_signed(params)
+    }
+
+    fn self_signed(params: CertificateParams) -> Self {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("ca key");
+        let crl_signer = (!params.key_usages.is_empty()
+            && !params.key_usages.contains(&KeyUsagePurpose::CrlSign))
+        .then(|| {
+            let mut any_usage = params.clone();
+            any_usage.key_usages = Vec::new();
+            let copy = KeyPair::from_pem(&key.serialize_pem()).expect("ca key copy");
+            Issuer::new(any_usage, copy)
+        });
         let issuer = CertifiedIssuer::self_signed(params, key).expect("ca cert");
         Self {
             issuer,
             intermediates: Vec::new(),
             next_serial: std::cell::Cell::new(1000),
+            crl_signer,
         }
     }
 
@@ -223,6 +258,7 @@ impl Ca {
             issuer,
             intermediates,
             next_serial: std::cell::Cell::new(1000),
+            crl_signer: None,
         }
     }
 
@@ -345,6 +381,7 @@ impl Ca {
                 .collect(),
             key_identifier_method: KeyIdMethod::Sha256,
         };
-        params.signed_by(self.issuer()).expect("crl").der().clone()
+        let signer = self.crl_signer.as_ref().unwrap_or(self.issuer());
+        params.signed_by(signer).expect("crl").der().clone()
     }
 }

@@ -145,6 +145,78 @@ fn crl_of_an_intermediate_in_the_bundle_is_accepted() {
 }
 
 #[test]
+fn crl_of_a_ca_whose_key_usage_lacks_crl_sign_is_a_config_error_naming_its_issuer() {
+    let f = fixture();
+    let no_crl_sign = Ca::without_crl_sign("Issuing-only CA");
+    let mut trust = f.ca.trust();
+    trust.add_pem(no_crl_sign.pem().as_bytes()).unwrap();
+    let crl = no_crl_sign.crl(&[], 7);
+    let err = pki::check_crl(&crl, &trust).unwrap_err();
+    match &err {
+        ConfigError::CrlIssuerNotCrlSigner { index: 0, issuer } => {
+            assert!(issuer.contains("CN=Issuing-only CA"), "{issuer}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains("CN=Issuing-only CA") && msg.contains("cRLSign"),
+        "{msg}"
+    );
+    // Building a policy names the CRL's index, on both sides.
+    let server = ServerPolicy::builder(f.server_id.chain.clone(), f.server_id.key())
+        .require_client_auth(trust.clone())
+        .revocation(Revocation::with_crls(vec![f.ca.crl(&[], 7), crl.clone()]))
+        .build(now());
+    assert!(
+        matches!(
+            server,
+            Err(ConfigError::CrlIssuerNotCrlSigner { index: 1, .. })
+        ),
+        "{server:?}"
+    );
+    let client = ClientPolicy::builder(trust)
+        .revocation(Revocation::with_crls(vec![crl]))
+        .build(now());
+    assert!(
+        matches!(
+            client,
+            Err(ConfigError::CrlIssuerNotCrlSigner { index: 0, .. })
+        ),
+        "{client:?}"
+    );
+}
+
+#[test]
+fn crl_of_a_ca_without_key_usage_extension_is_accepted_and_enforced() {
+    // RFC 5280 wants the extension in a CA certificate, but rustls-webpki reads its absence
+    // as any usage: the build check agrees, and the handshake enforces the CRL.
+    let ca = Ca::without_key_usage("Legacy CA");
+    let f = Fixture {
+        server_id: ca.issue(&LeafSpec::server()),
+        client_id: ca.issue(&LeafSpec::client("acme")),
+        ca,
+    };
+    assert!(pki::check_crl(&f.ca.crl(&[], 7), &f.ca.trust()).is_ok());
+    let client = client_with(&f, &f.client_id, Versions::Tls13Only);
+    let p = run(
+        mtls_server(&f).revocation(Revocation::with_crls(vec![f.ca.crl(&[], 7)])),
+        &client,
+    );
+    assert!(p.server.is_established(), "{:?}", p.server_error);
+    let p = run(
+        mtls_server(&f).revocation(Revocation::with_crls(vec![
+            f.ca.crl(&[f.client_id.serial], 7),
+        ])),
+        &client,
+    );
+    assert_eq!(
+        p.server_error.as_ref().map(|e| e.reason().clone()),
+        Some(Reason::Revoked)
+    );
+}
+
+#[test]
 fn corrupt_crl_body_is_a_bad_crl_error_when_loading() {
     let f = fixture();
     let good = f.ca.crl(&[], 7);

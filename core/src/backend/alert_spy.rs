@@ -57,16 +57,20 @@ pub(crate) fn take_new_write_keys() -> Option<WriteKeys> {
     None
 }
 
+/// Note the code of a fatal alert `msg` carries (std only: without it nothing is noted).
+#[cfg(feature = "std")]
 fn note(msg: &OutboundPlainMessage<'_>) {
     if msg.typ != ContentType::Alert {
         return;
     }
-    #[cfg(feature = "std")]
     if let OutboundChunks::Single([2, code]) = msg.payload {
         let code = *code;
         SENT.with(|s| s.set(Some(code)));
     }
 }
+
+#[cfg(not(feature = "std"))]
+fn note(_msg: &OutboundPlainMessage<'_>) {}
 
 struct KeysInner {
     enc: Box<dyn MessageEncrypter>,

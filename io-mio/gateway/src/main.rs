@@ -168,7 +168,8 @@ struct ServerArgs {
     #[arg(long, requires = "client_ca")]
     require_client_cert: bool,
     /// CRL file (PEM or DER) checked for client certificates (repeatable). Needs
-    /// --ca: each CRL must be issued and signed by a certificate of that bundle.
+    /// --ca: each CRL must be issued and signed by a certificate of that bundle that may
+    /// sign CRLs (a key usage without cRLSign is refused; no key usage extension is fine).
     #[arg(long, value_name = "FILE", requires = "client_ca")]
     crl: Vec<PathBuf>,
     /// With --crl: accept certificates no CRL covers (default: refuse them).
@@ -232,9 +233,15 @@ struct ClientArgs {
     /// Client private key (mTLS).
     #[arg(long, value_name = "FILE", requires = "cert")]
     key: Option<PathBuf>,
-    /// CRL file (PEM or DER) checked for the server certificate (repeatable).
+    /// CRL file (PEM or DER) checked for the partner's server certificate (repeatable):
+    /// each CRL must be issued and signed by a certificate of --ca that may sign CRLs.
     #[arg(long, value_name = "FILE")]
     crl: Vec<PathBuf>,
+    /// With --crl: keep using a CRL this many seconds after its nextUpdate (a bounded
+    /// fail-open window for a late CRL publisher; logged as a warning). Default 0: partners
+    /// it covers are refused as soon as it expires.
+    #[arg(long, value_name = "SECS", default_value_t = 0, requires = "crl")]
+    crl_grace: u64,
     /// ALPN protocols to offer.
     #[arg(long, value_name = "PROTO")]
     alpn: Vec<String>,
@@ -343,6 +350,7 @@ fn policy_err(
     match &e {
         E::BadCrl { index, .. }
         | E::CrlIssuerUnknown { index, .. }
+        | E::CrlIssuerNotCrlSigner { index, .. }
         | E::CrlBadSignature { index, .. } => match crls.get(*index) {
             Some((file, _)) => ConfigFail(format!("--crl {file}: {e}")),
             None => ConfigFail(format!("--crl: {e}")),
@@ -467,6 +475,16 @@ fn warn_anonymous_clients(a: &ServerArgs) {
     }
 }
 
+/// Say at start that `--crl-grace` keeps expired CRLs in use (`who`: the peers they cover).
+fn warn_crl_grace(grace: u64, who: &str) {
+    if grace > 0 {
+        warn!(
+            "--crl-grace {grace}: an expired CRL is still used for {grace} s after its \
+             nextUpdate before the {who} it covers are refused (fail-open window)"
+        );
+    }
+}
+
 fn server_mode(a: &ServerArgs, previous: Option<&ServerPolicy>) -> Result<Mode, ConfigFail> {
     let policy = server_policy(a, previous)?;
     let backend = match &a.upstream {
@@ -502,7 +520,9 @@ fn client_mode(a: &ClientArgs) -> Result<Mode, ConfigFail> {
         b = b.client_cert(chain, key);
     }
     if !crls.is_empty() {
-        b = b.revocation(Revocation::with_named_crls(crls.iter().cloned()));
+        let mut r = Revocation::with_named_crls(crls.iter().cloned());
+        r.grace = Duration::from_secs(a.crl_grace);
+        b = b.revocation(r);
     }
     if !a.alpn.is_empty() {
         b = b.alpn(&a.alpn);
@@ -673,13 +693,7 @@ fn main() -> ExitCode {
     logging::init(cli.log_format == LogFormat::Json);
     let result = match cli.command {
         Command::Server(a) => {
-            if a.crl_grace > 0 {
-                warn!(
-                    "--crl-grace {}: an expired CRL is still used for {} s after its \
-                     nextUpdate before the clients it covers are refused (fail-open window)",
-                    a.crl_grace, a.crl_grace
-                );
-            }
+            warn_crl_grace(a.crl_grace, "clients");
             server_mode(&a, None).and_then(|mode| {
                 warn_anonymous_clients(&a);
                 let listeners = a
@@ -699,15 +713,18 @@ fn main() -> ExitCode {
                 })
             })
         }
-        Command::Client(a) => client_mode(&a).and_then(|mode| {
-            let listeners = vec![Listener {
-                addr: a.listen,
-                mode,
-            }];
-            let args = a.clone();
-            let watched = exposition::watched(a.cert.as_deref(), Some(&a.ca), &a.crl);
-            run(listeners, &a.common, watched, move |_| client_mode(&args))
-        }),
+        Command::Client(a) => {
+            warn_crl_grace(a.crl_grace, "partners");
+            client_mode(&a).and_then(|mode| {
+                let listeners = vec![Listener {
+                    addr: a.listen,
+                    mode,
+                }];
+                let args = a.clone();
+                let watched = exposition::watched(a.cert.as_deref(), Some(&a.ca), &a.crl);
+                run(listeners, &a.common, watched, move |_| client_mode(&args))
+            })
+        }
         Command::Dev(d) => dev::start(&d),
     };
     match result {

@@ -2,14 +2,17 @@
 //! trusted CA issued or whose signature is bad stops the start (exit 2 naming the file) and
 //! is refused on reload; a damaged CRL is named as such; an expired CRL is a warning at start
 //! and its refusals are `crl_expired` in the log and the metrics; `--crl-grace` opens a
-//! bounded window; refusal lines name the certificate the client presented.
+//! bounded window (in client mode too); a CRL of a CA that may not sign CRLs stops the start;
+//! refusal lines name the certificate the client presented.
 
+mod cli_support;
 mod common;
 
 use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use cli_support::{s_server, through};
 use common::{Gateway, Pki, free_port, http_get, s_client, sample, scrape, text};
 use onerecord_tls_mio::Client;
 use onerecord_tls_tests::{Ca, wall_secs};
@@ -97,6 +100,86 @@ fn crl_with_a_bad_signature_exits_2_naming_the_file() {
     let (ca, file) = (pki.path("ca.pem"), pki.path("forged.crl"));
     let out = run_to_exit(&pki, &["--client-ca", &ca, "--crl", &file]);
     assert_exit_2_naming(&out, &file, &["signature"]);
+}
+
+/// A CA bundle of the test CA and `ca`, written as `name`; its path.
+fn bundle_with(pki: &Pki, ca: &Ca, name: &str) -> String {
+    let bundle = pki.ca.pem() + &ca.pem();
+    std::fs::write(pki.path(name), bundle).unwrap();
+    pki.path(name)
+}
+
+#[test]
+fn crl_of_a_ca_whose_key_usage_lacks_crl_sign_exits_2_naming_the_file() {
+    let pki = Pki::new();
+    let issuing_only = Ca::without_crl_sign("Issuing-only CA");
+    let bundle = bundle_with(&pki, &issuing_only, "bundle.pem");
+    let crl = issuing_only.crl_at(wall_secs(), &[], 30);
+    std::fs::write(pki.path("issuing-only.crl"), crl.as_ref()).unwrap();
+    let file = pki.path("issuing-only.crl");
+    let out = run_to_exit(&pki, &["--client-ca", &bundle, "--crl", &file]);
+    assert_exit_2_naming(&out, &file, &["CN=Issuing-only CA", "cRLSign"]);
+    // A CA certificate without a key usage extension may sign CRLs: that one starts.
+    let legacy = Ca::without_key_usage("Legacy CA");
+    let bundle = bundle_with(&pki, &legacy, "legacy-bundle.pem");
+    let crl = legacy.crl_at(wall_secs(), &[], 30);
+    std::fs::write(pki.path("legacy.crl"), crl.as_ref()).unwrap();
+    let gw = Gateway::start(
+        "server",
+        &[
+            "--cert",
+            &pki.path("server.pem"),
+            "--key",
+            &pki.path("server.key"),
+            "--client-ca",
+            &bundle,
+            "--crl",
+            &pki.path("legacy.crl"),
+        ],
+    );
+    assert!(!gw.log().contains("ERROR"), "{}", gw.log());
+}
+
+#[test]
+fn reload_with_a_crl_of_a_ca_without_crl_sign_keeps_the_current_policy() {
+    let pki = Pki::new();
+    let issuing_only = Ca::without_crl_sign("Issuing-only CA");
+    let bundle = bundle_with(&pki, &issuing_only, "bundle.pem");
+    let file = pki.path("crl.der");
+    let gw = Gateway::start(
+        "server",
+        &[
+            "--cert",
+            &pki.path("server.pem"),
+            "--key",
+            &pki.path("server.key"),
+            "--client-ca",
+            &bundle,
+            "--require-client-cert",
+            "--crl",
+            &file,
+            "--workers",
+            "1",
+        ],
+    );
+    assert!(get(&pki, gw.addr, "revoked").is_err());
+    let crl = issuing_only.crl_at(wall_secs(), &[], 30);
+    pki.replace_file("crl.der", crl.as_ref());
+    gw.signal("HUP");
+    gw.wait_for_log("reload failed", Duration::from_secs(10));
+    let log = gw.log();
+    let line = log.lines().find(|l| l.contains("reload failed")).unwrap();
+    assert!(
+        line.contains("ERROR") && line.contains(&file) && line.contains("cRLSign"),
+        "{line}"
+    );
+    // The previous CRL is still in force.
+    assert!(
+        get(&pki, gw.addr, "client")
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+    );
+    assert!(get(&pki, gw.addr, "revoked").is_err());
 }
 
 #[test]
@@ -291,4 +374,74 @@ fn refusal_log_names_the_certificate_the_client_presented() {
         );
         assert!(line.contains(" peer_uri=https://"), "{line}");
     }
+}
+
+const GET10: &[u8] = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n";
+
+#[test]
+fn client_mode_expired_crl_refuses_the_partner_as_crl_expired_unless_within_crl_grace() {
+    let pki = Pki::new();
+    let (_server, port) = s_server(&[
+        "-cert",
+        &pki.path("server.pem"),
+        "-key",
+        &pki.path("server.key"),
+    ]);
+    let partner = format!("127.0.0.1:{port}");
+    let stale = pki.ca.crl_at(wall_secs(), &[], -1);
+    std::fs::write(pki.path("stale.crl"), stale.as_ref()).unwrap();
+    let file = pki.path("stale.crl");
+    let ca = pki.path("ca.pem");
+    let client = |extra: &[&str]| {
+        let mut args = vec![
+            "--connect",
+            &partner,
+            "--server-name",
+            "localhost",
+            "--ca",
+            &ca,
+            "--crl",
+            &file,
+            "--workers",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        Gateway::start("client", &args)
+    };
+    let warned_expired = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains(&file) && l.contains("expired"))
+    };
+
+    let gw = client(&["--crl-grace", "172800"]);
+    let log = gw.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("--crl-grace 172800")),
+        "{log}"
+    );
+    assert!(warned_expired(&log), "{log}");
+    let page = through(gw.addr, GET10);
+    assert!(
+        page.starts_with("HTTP/1.0 200 ok"),
+        "within the grace:\n{page}\n{}",
+        gw.log()
+    );
+    drop(gw);
+
+    let gw = client(&[]);
+    assert!(warned_expired(&gw.log()), "{}", gw.log());
+    assert!(!gw.log().contains("--crl-grace"), "{}", gw.log());
+    let page = through(gw.addr, GET10);
+    assert!(page.is_empty(), "refused: {page}");
+    gw.wait_for_log("onerecord::partner", Duration::from_secs(10));
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("onerecord::partner"))
+        .unwrap();
+    assert!(
+        line.contains("WARN") && line.contains(&partner) && line.contains("failure=crl_expired"),
+        "{line}"
+    );
 }
