@@ -157,16 +157,16 @@ fn json_lines(log: &str) -> Vec<Value> {
         .collect()
 }
 
-#[test]
-fn json_log_format_writes_one_object_per_line_with_the_audit_fields() {
-    let pki = Pki::new();
+/// An mTLS `server` with `--log-format json`, and the address its JSON `listening on` line
+/// names.
+fn json_mtls_gateway(pki: &Pki) -> (Proc, std::net::SocketAddr) {
     let mut args = vec!["server".to_string(), "--log-format".into(), "json".into()];
     args.extend(["--listen".into(), "127.0.0.1:0".into()]);
-    args.extend(mtls_args(&pki, &[]));
+    args.extend(mtls_args(pki, &[]));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let gw = Proc::gateway(&refs, None, &[]);
     gw.wait_for_log("listening on", Duration::from_secs(20));
-    let addr: std::net::SocketAddr = json_lines(&gw.log())
+    let addr = json_lines(&gw.log())
         .iter()
         .find_map(|v| {
             v["message"]
@@ -176,6 +176,13 @@ fn json_log_format_writes_one_object_per_line_with_the_audit_fields() {
                 .ok()
         })
         .expect("listening line");
+    (gw, addr)
+}
+
+#[test]
+fn json_log_format_writes_one_object_per_line_with_the_audit_fields() {
+    let pki = Pki::new();
+    let (gw, addr) = json_mtls_gateway(&pki);
     let page = get_with_cert(&pki, addr, "client");
     assert!(page.contains(" 200 OK"), "{page}");
     // And one refusal (no certificate).
@@ -221,22 +228,7 @@ fn json_log_format_writes_one_object_per_line_with_the_audit_fields() {
 #[test]
 fn json_refusal_lines_carry_reason_alert_and_the_presented_certificate_as_fields() {
     let pki = Pki::new();
-    let mut args = vec!["server".to_string(), "--log-format".into(), "json".into()];
-    args.extend(["--listen".into(), "127.0.0.1:0".into()]);
-    args.extend(mtls_args(&pki, &[]));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let gw = Proc::gateway(&refs, None, &[]);
-    gw.wait_for_log("listening on", Duration::from_secs(20));
-    let addr: std::net::SocketAddr = json_lines(&gw.log())
-        .iter()
-        .find_map(|v| {
-            v["message"]
-                .as_str()?
-                .strip_prefix("listening on ")?
-                .parse()
-                .ok()
-        })
-        .expect("listening line");
+    let (gw, addr) = json_mtls_gateway(&pki);
     // A certificate from a CA the gateway does not trust, then no certificate at all.
     let (cert, key) = (pki.path("stranger.pem"), pki.path("stranger.key"));
     let ca = pki.path("ca.pem");

@@ -8,7 +8,6 @@ mod common;
 use std::process::{Command, Stdio};
 
 use common::{Gateway, Pki, s_client, text};
-use onerecord_tls_tests::LeafSpec;
 
 const GET10: &[u8] = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n";
 
@@ -50,15 +49,6 @@ fn client_args(pki: &Pki, name: Option<&str>, version: &str) -> Vec<String> {
 }
 
 /// Write a client certificate whose only URI SAN is `uri` as `name`.pem/.key.
-fn write_client_with_uri(pki: &Pki, name: &str, uri: &str) {
-    let id = pki.ca.issue(&LeafSpec {
-        uris: vec![uri.into()],
-        ..LeafSpec::client(name).around_wall_clock()
-    });
-    std::fs::write(pki.path(&format!("{name}.pem")), &id.chain_pem).unwrap();
-    std::fs::write(pki.path(&format!("{name}.key")), &id.key_pem).unwrap();
-}
-
 /// Run `onerecord-gateway server` until it exits by itself (bounded by `timeout 20`); its
 /// exit code and stderr.
 fn run_to_exit(args: &[String]) -> (Option<i32>, String) {
@@ -79,8 +69,8 @@ fn run_to_exit(args: &[String]) -> (Option<i32>, String) {
 #[test]
 fn allow_uri_without_trailing_slash_refuses_a_certificate_for_a_longer_host() {
     let pki = Pki::new();
-    write_client_with_uri(&pki, "evil", "https://onerecord.example.evil.com/x");
-    write_client_with_uri(&pki, "otherport", "https://onerecord.example:8443/x");
+    pki.write_client_with_uris("evil", &["https://onerecord.example.evil.com/x"]);
+    pki.write_client_with_uris("otherport", &["https://onerecord.example:8443/x"]);
     let args = server_args(
         &pki,
         &[

@@ -8,7 +8,6 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use common::{Gateway, Pki, text};
-use onerecord_tls_tests::LeafSpec;
 
 /// Run `gnutls-cli` against `gw` (optionally with client certificate `name`), send one
 /// HTTP/1.0 request; its output.
@@ -40,27 +39,11 @@ fn gnutls(gw: &Gateway, pki: &Pki, priority: &str, cert: Option<&str>) -> String
 const TLS13: &str = "NORMAL:-VERS-ALL:+VERS-TLS1.3";
 const TLS12: &str = "NORMAL:-VERS-ALL:+VERS-TLS1.2";
 
-fn gateway(pki: &Pki, extra: &[&str]) -> Gateway {
-    let (cert, key, ca) = (
-        pki.path("server.pem"),
-        pki.path("server.key"),
-        pki.path("ca.pem"),
-    );
-    let mut args = vec!["--cert", &cert, "--key", &key, "--client-ca", &ca];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--workers", "1"]);
-    Gateway::start("server", &args)
-}
-
 #[test]
 fn gnutls_partner_matching_the_uri_rule_is_served_and_a_lookalike_host_is_denied() {
     let pki = Pki::new();
-    let mut spec = LeafSpec::client("evil").around_wall_clock();
-    spec.uris = vec!["https://onerecord.example.evil.com/x".into()];
-    let evil = pki.ca.issue(&spec);
-    std::fs::write(pki.path("evil.pem"), &evil.chain_pem).unwrap();
-    std::fs::write(pki.path("evil.key"), &evil.key_pem).unwrap();
-    let gw = gateway(&pki, &["--allow-uri", "https://onerecord.example"]);
+    pki.write_client_with_uris("evil", &["https://onerecord.example.evil.com/x"]);
+    let gw = Gateway::server_with_ca(&pki, &["--allow-uri", "https://onerecord.example"]);
     for priority in [TLS13, TLS12] {
         let ok = gnutls(&gw, &pki, priority, Some("client"));
         assert!(ok.contains(" 200 OK"), "{priority}: {ok}");

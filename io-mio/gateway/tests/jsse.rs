@@ -9,7 +9,6 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use common::{Gateway, Pki, text};
-use onerecord_tls_tests::LeafSpec;
 
 /// The directory holding the compiled `JsseClient` class.
 fn classes() -> &'static PathBuf {
@@ -43,31 +42,10 @@ fn jsse(gw: &Gateway, pki: &Pki, protocol: &str, cert: Option<&str>) -> String {
     text(&out)
 }
 
-/// Issue a client certificate with these URI SANs and write it as `name`.pem/.key.
-fn client_with_uris(pki: &Pki, name: &str, uris: &[&str]) {
-    let mut spec = LeafSpec::client(name).around_wall_clock();
-    spec.uris = uris.iter().map(|u| u.to_string()).collect();
-    let id = pki.ca.issue(&spec);
-    std::fs::write(pki.path(&format!("{name}.pem")), &id.chain_pem).unwrap();
-    std::fs::write(pki.path(&format!("{name}.key")), &id.key_pem).unwrap();
-}
-
-fn gateway(pki: &Pki, extra: &[&str]) -> Gateway {
-    let (cert, key, ca) = (
-        pki.path("server.pem"),
-        pki.path("server.key"),
-        pki.path("ca.pem"),
-    );
-    let mut args = vec!["--cert", &cert, "--key", &key, "--client-ca", &ca];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--workers", "1"]);
-    Gateway::start("server", &args)
-}
-
 #[test]
 fn java_partner_with_an_allowed_uri_gets_through_on_tls13_and_tls12() {
     let pki = Pki::new();
-    let gw = gateway(
+    let gw = Gateway::server_with_ca(
         &pki,
         &[
             "--require-client-cert",
@@ -91,9 +69,9 @@ fn java_partner_with_an_allowed_uri_gets_through_on_tls13_and_tls12() {
 #[test]
 fn java_partner_whose_uri_only_shares_a_string_prefix_is_denied() {
     let pki = Pki::new();
-    client_with_uris(&pki, "evil", &["https://onerecord.example.evil.com/x"]);
-    client_with_uris(&pki, "otherport", &["https://onerecord.example:8443/x"]);
-    let gw = gateway(
+    pki.write_client_with_uris("evil", &["https://onerecord.example.evil.com/x"]);
+    pki.write_client_with_uris("otherport", &["https://onerecord.example:8443/x"]);
+    let gw = Gateway::server_with_ca(
         &pki,
         &[
             "--require-client-cert",
@@ -126,7 +104,7 @@ fn java_partner_whose_uri_only_shares_a_string_prefix_is_denied() {
 fn java_client_without_a_certificate_is_refused_when_allow_rules_are_set() {
     let pki = Pki::new();
     // No --require-client-cert: the allow rule alone must make a certificate required.
-    let gw = gateway(&pki, &["--allow-cn", "acme-cargo"]);
+    let gw = Gateway::server_with_ca(&pki, &["--allow-cn", "acme-cargo"]);
     for protocol in ["TLSv1.3", "TLSv1.2"] {
         let out = jsse(&gw, &pki, protocol, None);
         assert!(

@@ -71,6 +71,18 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// Issue a client certificate (CN `name`) whose URI SANs are `uris`, written as
+    /// `name`.pem/.key.
+    pub fn write_client_with_uris(&self, name: &str, uris: &[&str]) {
+        let id = self.ca.issue(&LeafSpec {
+            uris: uris.iter().map(|u| u.to_string()).collect(),
+            ..LeafSpec::client(name).around_wall_clock()
+        });
+        id.write_files(self.dir.path(), name);
+    }
+}
+
 /// A free loopback port (bound then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -187,6 +199,22 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Gateway {
+    /// `server` on one worker with the test server certificate, `--ca ca.pem` (client
+    /// certificates requested) and `extra`.
+    pub fn server_with_ca(pki: &Pki, extra: &[&str]) -> Self {
+        let (cert, key, ca) = (
+            pki.path("server.pem"),
+            pki.path("server.key"),
+            pki.path("ca.pem"),
+        );
+        let mut args = vec!["--cert", &cert, "--key", &key, "--ca", &ca];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--workers", "1"]);
+        Self::start("server", &args)
     }
 }
 
