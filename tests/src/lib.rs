@@ -18,4 +18,4 @@ mod pki;
 pub mod fuzz;
 
 pub use pair::{Ev, Pair};
-pub use pki::{Ca, DAY, Identity, KeyKind, LeafSpec, NOW_SECS, now, wall_secs};
+pub use pki::{Ca, DAY, Fixture, Identity, KeyKind, LeafSpec, NOW_SECS, now, wall_secs};

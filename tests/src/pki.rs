@@ -385,3 +385,29 @@ impl Ca {
         params.signed_by(signer).expect("crl").der().clone()
     }
 }
+
+/// The usual in-memory test PKI: a CA, a `localhost` server certificate and a client
+/// certificate for the company `acme`, all valid around [`now`].
+pub struct Fixture {
+    /// The CA that issued both.
+    pub ca: Ca,
+    /// The `localhost` server certificate.
+    pub server_id: Identity,
+    /// The `acme` client certificate.
+    pub client_id: Identity,
+}
+
+impl Fixture {
+    /// A fresh CA with its server and client certificates.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        let ca = Ca::new("ONE Record Test CA");
+        let server_id = ca.issue(&LeafSpec::server());
+        let client_id = ca.issue(&LeafSpec::client("acme"));
+        Self {
+            ca,
+            server_id,
+            client_id,
+        }
+    }
+}

@@ -10,23 +10,10 @@ use onerecord_tls::{
     Alert, CipherSuite, ClientPolicy, Error, IdentityRule, Reason, Revocation, ServerPolicies,
     ServerPolicy, Session, Versions,
 };
-use onerecord_tls_tests::{Ca, Identity, LeafSpec, now};
-
-struct Fixture {
-    ca: Ca,
-    server_id: Identity,
-    client_id: Identity,
-}
+use onerecord_tls_tests::{Ca, Fixture, Identity, LeafSpec, now};
 
 fn fixture() -> Fixture {
-    let ca = Ca::new("ONE Record Test CA");
-    let server_id = ca.issue(&LeafSpec::server());
-    let client_id = ca.issue(&LeafSpec::client("acme"));
-    Fixture {
-        ca,
-        server_id,
-        client_id,
-    }
+    Fixture::new()
 }
 
 /// What came out of a run: each side's error and every byte each side sent.

@@ -9,23 +9,10 @@ use onerecord_tls::{
     TlsVersion, UnknownStatus, Versions, Warning,
 };
 use onerecord_tls::{Instant, Tls12Resumption};
-use onerecord_tls_tests::{Ca, DAY, Identity, KeyKind, LeafSpec, NOW_SECS, Pair, now};
-
-struct Fixture {
-    ca: Ca,
-    server_id: Identity,
-    client_id: Identity,
-}
+use onerecord_tls_tests::{Ca, DAY, Fixture, Identity, KeyKind, LeafSpec, NOW_SECS, Pair, now};
 
 fn fixture() -> Fixture {
-    let ca = Ca::new("ONE Record Test CA");
-    let server_id = ca.issue(&LeafSpec::server());
-    let client_id = ca.issue(&LeafSpec::client("acme"));
-    Fixture {
-        ca,
-        server_id,
-        client_id,
-    }
+    Fixture::new()
 }
 
 fn server(id: &Identity) -> onerecord_tls::ServerPolicyBuilder {

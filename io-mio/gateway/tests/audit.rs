@@ -9,10 +9,8 @@ mod common;
 use std::time::Duration;
 
 use cli_support::{Proc, run_to_exit, s_server, serial_and_spki, through};
-use common::{Gateway, Pki, URI_PREFIX, s_client, text};
+use common::{GET10, Gateway, Pki, URI_PREFIX, s_client, text};
 use serde_json::Value;
-
-const GET10: &[u8] = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n";
 
 /// An mTLS gateway answering with the identity responder; `extra` arguments appended.
 fn mtls_args(pki: &Pki, extra: &[&str]) -> Vec<String> {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use cli_support::{
     Proc, gateway_command, openssl, run_to_exit, s_server, serial_and_spki, through,
 };
-use common::{Gateway, Pki, s_client, text};
+use common::{GET10, Gateway, Pki, s_client, text};
 
 /// Server arguments with the test PKI's server certificate, listening on `listen`.
 fn server_args(pki: &Pki, listen: &str, extra: &[&str]) -> Vec<String> {
@@ -126,8 +126,6 @@ fn library_start_refuses_an_address_another_server_holds() {
     let b = onerecord_tls_mio::start(config(shared, true)).unwrap();
     assert_eq!(b.local_addrs()[0], shared);
 }
-
-const GET10: &[u8] = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n";
 
 #[test]
 fn client_mode_verify_flags_refuse_a_partner_that_does_not_match_and_pass_one_that_does() {

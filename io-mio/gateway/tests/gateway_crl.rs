@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use cli_support::{s_server, through};
-use common::{Gateway, Pki, free_port, http_get, s_client, sample, scrape, text};
+use common::{GET10, Gateway, Pki, free_port, http_get, s_client, sample, scrape, text};
 use onerecord_tls_mio::Client;
 use onerecord_tls_tests::{Ca, wall_secs};
 
@@ -375,8 +375,6 @@ fn refusal_log_names_the_certificate_the_client_presented() {
         assert!(line.contains(" peer_uri=https://"), "{line}");
     }
 }
-
-const GET10: &[u8] = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n";
 
 #[test]
 fn client_mode_expired_crl_refuses_the_partner_as_crl_expired_unless_within_crl_grace() {

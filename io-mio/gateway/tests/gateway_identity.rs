@@ -7,9 +7,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{Gateway, Pki, s_client, text};
-
-const GET10: &[u8] = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n";
+use common::{GET10, Gateway, Pki, s_client, text};
 
 fn owned(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()

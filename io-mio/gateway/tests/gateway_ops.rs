@@ -13,12 +13,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{
-    Gateway, Pki, URI_PREFIX, http_get, read_all, read_response, s_client, sample, scrape, text,
+    GET10, Gateway, Pki, URI_PREFIX, http_get, read_all, read_response, s_client, sample, scrape,
+    text,
 };
 use onerecord_tls::{Session, Time};
 use onerecord_tls_mio::{Client, ClientStream};
-
-const GET10: &[u8] = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n";
 
 /// A gateway answering with the identity responder; with mTLS (and the CRL, which lets
 /// certificates it does not cover through) when `mtls`.

@@ -8,9 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Gateway, Pki, free_port, read_all, s_client, text};
-
-const GET10: &[u8] = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n";
+use common::{GET10, Gateway, Pki, free_port, read_all, s_client, text};
 
 fn mtls_server(pki: &Pki, extra: &[&str]) -> Gateway {
     let mut args = vec![

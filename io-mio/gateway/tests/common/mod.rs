@@ -15,6 +15,9 @@ use onerecord_tls_tests::{Ca, DAY, Identity, LeafSpec, wall_secs};
 /// The client certificates' URI prefix (ONE Record IDs).
 pub const URI_PREFIX: &str = "https://onerecord.example/logistics-agents/";
 
+/// One HTTP/1.0 request: the identity responder answers it and closes.
+pub const GET10: &[u8] = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n";
+
 /// Test PKI files.
 pub struct Pki {
     pub dir: tempfile::TempDir,
