@@ -9,7 +9,8 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::{ConfigFail, DevArgs, Listener, dev_server_args, server_mode};
+use crate::config_file::Plan;
+use crate::{ConfigFail, DevArgs, dev_server_args, plan_modes};
 
 /// The ONE Record ID in the development client certificate's URI SAN.
 pub const DEV_CLIENT_URI: &str = "https://localhost:8443/logistics-agents/acme-cargo";
@@ -234,7 +235,8 @@ pub fn start(d: &DevArgs) -> Result<(), ConfigFail> {
     }
     let dir: PathBuf = fs::canonicalize(&dir).unwrap_or(dir);
     let args = dev_server_args(&dir, d);
-    let mode = server_mode(&args, None)?;
+    let plan = Plan::from_flags(&args)?;
+    let modes = plan_modes(&plan, &[])?;
     let port = d.listen.port();
     let host = if d.listen.ip().is_loopback() {
         "localhost".to_string()
@@ -263,14 +265,5 @@ pub fn start(d: &DevArgs) -> Result<(), ConfigFail> {
             .as_ref()
             .map_or(String::new(), |_| format!(" --dir {}", dir.display())),
     );
-    let listeners = vec![Listener {
-        addr: d.listen,
-        mode,
-    }];
-    let a2 = args.clone();
-    let watched =
-        crate::exposition::watched(Some(&args.cert), args.client_ca.as_deref(), &args.crl);
-    crate::run(listeners, &args.common, watched, move |prev| {
-        server_mode(&a2, prev.as_ref())
-    })
+    crate::serve_with(plan, modes)
 }

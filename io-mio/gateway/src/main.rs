@@ -9,6 +9,7 @@
 //! Signals: SIGINT/SIGTERM shut down gracefully, SIGHUP reloads certificates, anchors, CRLs
 //! and ticket keys. Exit codes: 0 clean stop, 2 bad configuration (see [`AFTER_HELP`]).
 
+mod config_file;
 mod dev;
 mod exposition;
 mod logging;
@@ -21,15 +22,53 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use config_file::{ClientAuthMode, Labels, ListenerPlan, Plan, Site};
 use log::{error, info, warn};
 use onerecord_tls::{
-    ClientAuth, ClientPolicy, IdentityRule, Revocation, ServerPolicy, Sha256, Time, TrustStore,
-    UnknownStatus, Versions, Warning, pki,
+    ClientAuth, ClientPolicy, IdentityRule, Revocation, ServerPolicies, ServerPolicy, Sha256, Time,
+    TrustStore, UnknownStatus, Versions, Warning, pki,
 };
 use onerecord_tls_mio::{Backend, IdentityResponder, Limits, Listener, Mode, ServerConfig};
 
-/// What `--help` says after the options: signals, logging, exit codes, the PROXY header.
-const AFTER_HELP: &str = "\
+/// The configuration file's keys (README.md, "The configuration file", says more).
+macro_rules! config_help {
+    () => {
+        "\
+Configuration file (server --config FILE, check --config FILE; or ONERECORD_GATEWAY_CONFIG):
+  TOML. Unknown keys, missing files and contradictions exit 2 as FILE:LINE:COL: key ...
+  Relative paths are relative to the file's directory. SIGHUP and reload_interval re-read
+  it; a file that does not load keeps the running configuration (ERROR names key and line);
+  listener addresses do not change on reload (logged).
+  Global keys (the common flags): workers, metrics = \"IP:PORT\", handshake_timeout,
+    idle_timeout, drain_timeout, reload_interval (seconds), max_connections, tls13_only,
+    reuse_port, ticket_keys = \"FILE\" (every site loads it).
+  [[listener]]       address = \"IP:PORT\" (one per table, not repeated)
+  [[listener.site]]  chosen by the client's SNI (exact name, then *.parent, then default):
+    server_names = [\"a.example\", \"*.b.example\"]   default = true (unknown or no SNI;
+                     without a default site those get unrecognized_name)
+    cert, key        certificate chain and key (PEM)                      [required]
+    client_auth      \"none\" | \"optional\" | \"required\" [default: \"required\" with
+                     client_ca, \"none\" without]; \"optional\" is warned at start
+    client_ca        CA bundle client certificates chain to (needed by optional/required)
+    crl = [FILE..]   crl_grace = SECS   crl_allow_unknown = BOOL (need client_ca)
+    allow_uri, allow_cn, allow_dns, allow_spki = [..] (need client authentication; any rule
+                     makes a certificate required)
+    alpn = [..]
+    upstream         \"http://HOST:PORT\" (HTTP mode) | \"HOST:PORT\" (byte stream) | absent
+                     (identity responder)
+    proxy_protocol   byte stream only: PROXY v2 header first
+    client_cert_header, xfcc = BOOL [true], upstream_timeout = SECS [60]: HTTP mode only
+  Contradictions (exit 2): allow rules, crl or client_ca with client_auth = \"none\";
+  optional/required without client_ca; proxy_protocol with an http:// upstream; HTTP-mode
+  keys with a byte-stream upstream; two sites claiming one name or two defaults on one
+  listener; a site with neither server_names nor default; --config with other server flags."
+    };
+}
+
+/// Signals, logging, exit codes, the PROXY header.
+macro_rules! after_help {
+    () => {
+        "\
 Signals:
   SIGHUP           reload certificate, key, CA bundle, CRLs and ticket keys; open connections
                    keep their policy, and a file that does not load keeps the current policy
@@ -54,7 +93,18 @@ PROXY protocol v2 (server --upstream ADDR --proxy-protocol):
   Before the first byte of the stream the upstream gets the client's address and port and the
   verified identity: PP2_TYPE_SSL (verify result, TLS version, certificate CN, cipher),
   PP2_TYPE_AUTHORITY (SNI), PP2_TYPE_ALPN, one TLV 0xE0 per URI SAN of the client certificate
-  (ONE Record IDs) and TLV 0xE1 with its SPKI SHA-256 (32 bytes).";
+  (ONE Record IDs) and TLV 0xE1 with its SPKI SHA-256 (32 bytes)."
+    };
+}
+
+/// What `--help` says after the options: signals, logging, exit codes, the PROXY header.
+const AFTER_HELP: &str = after_help!();
+
+/// What `check --help` says after the options: the configuration file's keys.
+const CONFIG_HELP: &str = config_help!();
+
+/// What `server --help` says after the options: both.
+const SERVER_HELP: &str = concat!(after_help!(), "\n\n", config_help!());
 
 /// Put TLS and mutual TLS with the ONE Record defaults in front of a ONE Record server
 /// (`server`), or carry your systems' plain connections to a partner's ONE Record server over
@@ -79,7 +129,7 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Terminate TLS/mTLS and forward to an upstream, or answer with the peer's identity.
-    #[command(after_help = AFTER_HELP)]
+    #[command(after_help = SERVER_HELP)]
     Server(ServerArgs),
     /// Accept plain TCP locally and forward it over TLS/mTLS to a ONE Record server.
     #[command(after_help = AFTER_HELP)]
@@ -87,6 +137,18 @@ enum Command {
     /// Generate a development PKI and run the server with mTLS on 127.0.0.1:8443.
     #[command(after_help = AFTER_HELP)]
     Dev(DevArgs),
+    /// Validate a configuration file without starting: parse it, load every file it names,
+    /// build every policy and check the contradictions; print one line per site and exit 0,
+    /// or the error (FILE:LINE:COL: key ...) and exit 2.
+    #[command(after_help = CONFIG_HELP)]
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct CheckArgs {
+    /// The configuration file (TOML) to check.
+    #[arg(long, value_name = "FILE", env = "ONERECORD_GATEWAY_CONFIG")]
+    config: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -149,15 +211,21 @@ struct Common {
 
 #[derive(Args, Debug, Clone)]
 struct ServerArgs {
-    /// Address to listen on (repeat for several).
-    #[arg(long, value_name = "ADDR", required = true)]
+    /// Read everything from this TOML file instead of the flags below (several listeners,
+    /// several sites per listener chosen by SNI; see README.md, "The configuration file").
+    /// Relative paths in it are relative to its directory. Not combinable with the other
+    /// server flags (exit 2); SIGHUP and `reload_interval` re-read it.
+    #[arg(long, value_name = "FILE", env = "ONERECORD_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (repeat for several). Required without --config.
+    #[arg(long, value_name = "ADDR")]
     listen: Vec<SocketAddr>,
-    /// Server certificate chain (PEM, leaf first).
+    /// Server certificate chain (PEM, leaf first). Required without --config.
     #[arg(long, value_name = "FILE")]
-    cert: PathBuf,
-    /// Server private key (PEM: PKCS#8, SEC1 or PKCS#1).
+    cert: Option<PathBuf>,
+    /// Server private key (PEM: PKCS#8, SEC1 or PKCS#1). Required without --config.
     #[arg(long, value_name = "FILE")]
-    key: PathBuf,
+    key: Option<PathBuf>,
     /// CA bundle that client certificates must chain to (requests a client certificate).
     /// Alone, clients without a certificate are still admitted (anonymous; warned at
     /// start): add --require-client-cert or an --allow-* rule to refuse them.
@@ -199,13 +267,30 @@ struct ServerArgs {
     /// ALPN protocols to accept, in preference order (e.g. h2, http/1.1).
     #[arg(long, value_name = "PROTO")]
     alpn: Vec<String>,
-    /// Forward decrypted streams to this TCP address (default: answer with the identity).
-    #[arg(long, value_name = "ADDR")]
+    /// Where decrypted connections go (default: answer with the identity). `http://HOST:PORT`
+    /// selects the HTTP mode: each request is forwarded with the verified client in
+    /// x-forwarded-client-cert and x-forwarded-{for,proto,host} (forged ones removed), over
+    /// pooled kept-alive upstream connections. `HOST:PORT` forwards the decrypted byte stream
+    /// as it is (optionally after a PROXY v2 header).
+    #[arg(long, value_name = "URL|HOST:PORT")]
     upstream: Option<String>,
-    /// Send a PROXY protocol v2 header first: the client address and the verified identity
-    /// (CN, URI SANs, SPKI SHA-256, TLS version, SNI; see below).
+    /// Byte-stream mode: send a PROXY protocol v2 header first: the client address and the
+    /// verified identity (CN, URI SANs, SPKI SHA-256, TLS version, SNI; see below). Not with
+    /// an http:// upstream (exit 2).
     #[arg(long, requires = "upstream")]
     proxy_protocol: bool,
+    /// HTTP mode: also pass the client certificate as its URL-encoded PEM in this header
+    /// (nginx's $ssl_client_escaped_cert, e.g. x-ssl-client-cert); an incoming header of
+    /// that name is always removed.
+    #[arg(long, value_name = "NAME", requires = "upstream")]
+    client_cert_header: Option<String>,
+    /// HTTP mode: seconds to wait for the upstream's response head and for each read of its
+    /// body before answering 504 [default: 60].
+    #[arg(long, value_name = "SECS", requires = "upstream")]
+    upstream_timeout: Option<f64>,
+    /// HTTP mode: do not add x-forwarded-client-cert (an incoming one is still removed).
+    #[arg(long, requires = "upstream")]
+    no_xfcc: bool,
     /// Session-ticket keys shared by a fleet (base64 lines of 48 bytes, first encrypts).
     #[arg(long, value_name = "FILE")]
     ticket_keys: Option<PathBuf>,
@@ -305,32 +390,38 @@ fn file_err(flag: &str, e: impl std::fmt::Display) -> ConfigFail {
     ConfigFail(format!("{flag}: {e}"))
 }
 
-/// A policy that does not build from its certificate and key: name both files.
-fn cert_key_err(cert: Option<&Path>, key: Option<&Path>, e: impl std::fmt::Display) -> ConfigFail {
+/// A policy that does not build from its certificate and key: name both files (each as
+/// `(label, path)`).
+fn cert_key_err(
+    cert: Option<(&str, &Path)>,
+    key: Option<(&str, &Path)>,
+    e: impl std::fmt::Display,
+) -> ConfigFail {
     match (cert, key) {
-        (Some(c), Some(k)) => ConfigFail(format!(
-            "--cert {} / --key {}: {e}",
-            c.display(),
-            k.display()
-        )),
+        (Some((cl, c)), Some((kl, k))) => {
+            ConfigFail(format!("{cl} {} / {kl} {}: {e}", c.display(), k.display()))
+        }
         _ => ConfigFail(format!("policy: {e}")),
     }
 }
 
-/// Read every `--crl` file (a damaged one names its file) and check each CRL against the CA
-/// bundle `trust` read from `ca_flag` (issuer in the bundle, signature): a foreign or
-/// forged CRL is a configuration error naming its file.
+/// Read every CRL file of `files` (`crl_label` names them; a damaged one names its file) and
+/// check each CRL against the CA bundle `trust` read from `ca_label` (issuer in the bundle,
+/// signature): a foreign or forged CRL is a configuration error naming its file.
 fn load_crls(
     files: &[PathBuf],
     trust: &TrustStore,
-    ca_flag: &str,
+    crl_label: &str,
+    ca_label: &str,
 ) -> Result<Vec<(String, onerecord_tls::Crl)>, ConfigFail> {
     let mut crls = Vec::new();
     for f in files {
         let name = f.display().to_string();
-        for crl in pki::crls_from_file(f).map_err(|e| file_err("--crl", e))? {
+        for crl in pki::crls_from_file(f).map_err(|e| file_err(crl_label, e))? {
             pki::check_crl(&crl, trust).map_err(|e| {
-                ConfigFail(format!("--crl {name}: {e} (checked against {ca_flag})"))
+                ConfigFail(format!(
+                    "{crl_label} {name}: {e} (checked against {ca_label})"
+                ))
             })?;
             crls.push((name.clone(), crl));
         }
@@ -338,12 +429,13 @@ fn load_crls(
     Ok(crls)
 }
 
-/// A policy that does not build: a CRL problem names the CRL's file, anything else the
-/// certificate and key.
+/// A policy that does not build: a CRL problem names the CRL's file (`crl_label`), anything
+/// else the certificate and key.
 fn policy_err(
     crls: &[(String, onerecord_tls::Crl)],
-    cert: Option<&Path>,
-    key: Option<&Path>,
+    crl_label: &str,
+    cert: Option<(&str, &Path)>,
+    key: Option<(&str, &Path)>,
     e: onerecord_tls::ConfigError,
 ) -> ConfigFail {
     use onerecord_tls::ConfigError as E;
@@ -352,10 +444,10 @@ fn policy_err(
         | E::CrlIssuerUnknown { index, .. }
         | E::CrlIssuerNotCrlSigner { index, .. }
         | E::CrlBadSignature { index, .. } => match crls.get(*index) {
-            Some((file, _)) => ConfigFail(format!("--crl {file}: {e}")),
-            None => ConfigFail(format!("--crl: {e}")),
+            Some((file, _)) => ConfigFail(format!("{crl_label} {file}: {e}")),
+            None => ConfigFail(format!("{crl_label}: {e}")),
         },
-        E::CrlWithoutClientAuth => ConfigFail(format!("--crl: {e}")),
+        E::CrlWithoutClientAuth => ConfigFail(format!("{crl_label}: {e}")),
         _ => cert_key_err(cert, key, e),
     }
 }
@@ -387,74 +479,119 @@ fn log_warnings(warnings: &[Warning], cert: &str) {
     *seen = keys.into_iter().map(|(k, _)| k).collect();
 }
 
-/// Build the server policy from the arguments (re-reading every file), keeping the
-/// resumption state of `previous` on reload.
-fn server_policy(
-    a: &ServerArgs,
+/// Build one site's policy (re-reading every file it names), keeping the resumption state
+/// of `previous` on reload. Errors name the flag or the file's key and line.
+fn site_policy(
+    s: &Site,
+    common: &Common,
     previous: Option<&ServerPolicy>,
 ) -> Result<ServerPolicy, ConfigFail> {
     let now = Time::now();
-    let chain = pki::certificates_from_file(&a.cert).map_err(|e| file_err("--cert", e))?;
-    let key = pki::private_key_from_file(&a.key).map_err(|e| file_err("--key", e))?;
+    let l = &s.labels;
+    let chain = pki::certificates_from_file(&s.cert).map_err(|e| file_err(&l.of("cert"), e))?;
+    let key = pki::private_key_from_file(&s.key).map_err(|e| file_err(&l.of("key"), e))?;
     let mut b = ServerPolicy::builder(chain, key)
-        .versions(versions(&a.common))
-        .handshake_timeout(secs(a.common.handshake_timeout, "--handshake-timeout")?);
+        .versions(versions(common))
+        .handshake_timeout(secs(common.handshake_timeout, "--handshake-timeout")?);
     if let Some(prev) = previous {
         b = b.resumption_from(prev);
     }
     let mut crls = Vec::new();
-    if let Some(ca) = &a.client_ca {
-        let trust = TrustStore::from_pem_file(ca).map_err(|e| file_err("--ca", e))?;
-        crls = load_crls(&a.crl, &trust, &format!("--ca {}", ca.display()))?;
-        b = b.client_auth(if a.require_client_cert {
-            ClientAuth::Required(trust)
-        } else {
-            ClientAuth::Optional(trust)
-        });
-    } else if let Some(f) = a.crl.first() {
-        return Err(ConfigFail(format!(
-            "--crl {}: needs --ca (CRLs check client certificates)",
-            f.display()
-        )));
+    let crl_label = l.of("crl");
+    match (&s.client_ca, s.client_auth) {
+        (Some(ca), ClientAuthMode::Optional | ClientAuthMode::Required) => {
+            let ca_label = l.of("client_ca");
+            let trust = TrustStore::from_pem_file(ca).map_err(|e| file_err(&ca_label, e))?;
+            crls = load_crls(
+                &s.crl,
+                &trust,
+                &crl_label,
+                &format!("{ca_label} {}", ca.display()),
+            )?;
+            b = b.client_auth(if s.client_auth == ClientAuthMode::Required {
+                ClientAuth::Required(trust)
+            } else {
+                ClientAuth::Optional(trust)
+            });
+        }
+        // Plan::check refuses these before any file is read; kept as errors, not panics.
+        (Some(_), ClientAuthMode::None)
+        | (None, ClientAuthMode::Optional)
+        | (None, ClientAuthMode::Required) => {
+            return Err(ConfigFail(format!(
+                "{}: client_auth and client_ca disagree",
+                l.of("client_auth")
+            )));
+        }
+        (None, ClientAuthMode::None) => {
+            if let Some(f) = s.crl.first() {
+                return Err(ConfigFail(format!(
+                    "{crl_label} {}: needs --ca (CRLs check client certificates)",
+                    f.display()
+                )));
+            }
+        }
     }
     if !crls.is_empty() {
         let mut r = Revocation::with_named_crls(crls.iter().cloned());
-        if a.crl_allow_unknown {
+        if s.crl_allow_unknown {
             r.unknown_status = UnknownStatus::Allow;
         }
-        r.grace = Duration::from_secs(a.crl_grace);
+        r.grace = Duration::from_secs(s.crl_grace);
         b = b.revocation(r);
     }
-    // Checked here so that a bad rule names its flag.
-    let rule =
-        |flag: &str, r: IdentityRule| r.validate().map(|()| r).map_err(|e| file_err(flag, e));
-    for u in &a.allow_uri {
-        b = b.allow(rule("--allow-uri", IdentityRule::UriPrefix(u.clone()))?);
+    // Checked here so that a bad rule names its flag or key.
+    let rule = |key: &str, r: IdentityRule| {
+        r.validate()
+            .map(|()| r)
+            .map_err(|e| file_err(&l.of(key), e))
+    };
+    for u in &s.allow_uri {
+        b = b.allow(rule("allow_uri", IdentityRule::UriPrefix(u.clone()))?);
     }
-    for cn in &a.allow_cn {
-        b = b.allow(rule("--allow-cn", IdentityRule::CommonName(cn.clone()))?);
+    for cn in &s.allow_cn {
+        b = b.allow(rule("allow_cn", IdentityRule::CommonName(cn.clone()))?);
     }
-    for d in &a.allow_dns {
-        b = b.allow(rule("--allow-dns", IdentityRule::Dns(d.clone()))?);
+    for d in &s.allow_dns {
+        b = b.allow(rule("allow_dns", IdentityRule::Dns(d.clone()))?);
     }
-    for h in &a.allow_spki {
-        let pin = Sha256::from_hex(h)
-            .ok_or_else(|| ConfigFail(format!("--allow-spki: {h:?} is not 64 hex digits")))?;
+    for h in &s.allow_spki {
+        let pin = Sha256::from_hex(h).ok_or_else(|| {
+            ConfigFail(format!(
+                "{}: {h:?} is not 64 hex digits",
+                l.of("allow_spki")
+            ))
+        })?;
         b = b.allow(IdentityRule::SpkiSha256(pin));
     }
-    if !a.alpn.is_empty() {
-        b = b.alpn(&a.alpn);
+    if !s.alpn.is_empty() {
+        b = b.alpn(&s.alpn);
     }
-    if let Some(f) = &a.ticket_keys {
+    if let Some(f) = &s.ticket_keys {
         let keys = onerecord_tls_mio::tickets::load(f, Duration::from_secs(12 * 3600))
-            .map_err(|e| file_err("--ticket-keys", e))?;
+            .map_err(|e| file_err(&ticket_keys_label(l), e))?;
         b = b.tickets(Some(keys));
     }
-    let p = b
-        .build(now)
-        .map_err(|e| policy_err(&crls, Some(&a.cert), Some(&a.key), e))?;
-    log_warnings(p.warnings(), &a.cert.display().to_string());
+    let (cert_label, key_label) = (l.of("cert"), l.of("key"));
+    let p = b.build(now).map_err(|e| {
+        policy_err(
+            &crls,
+            &crl_label,
+            Some((&cert_label, &s.cert)),
+            Some((&key_label, &s.key)),
+            e,
+        )
+    })?;
+    log_warnings(p.warnings(), &s.cert.display().to_string());
     Ok(p)
+}
+
+/// `ticket_keys` is a global key of the file (or `--ticket-keys`).
+fn ticket_keys_label(l: &Labels) -> String {
+    match l {
+        Labels::Flags => "--ticket-keys".to_string(),
+        Labels::File { .. } => "ticket_keys".to_string(),
+    }
 }
 
 fn resolve(s: &str, flag: &str) -> Result<SocketAddr, ConfigFail> {
@@ -464,14 +601,22 @@ fn resolve(s: &str, flag: &str) -> Result<SocketAddr, ConfigFail> {
         .ok_or_else(|| ConfigFail(format!("{flag} {s}: no address")))
 }
 
-/// Say at start when client authentication is weaker than the flags may read.
-fn warn_anonymous_clients(a: &ServerArgs) {
-    let rules = a.allow_uri.len() + a.allow_cn.len() + a.allow_dns.len() + a.allow_spki.len();
-    if a.client_ca.is_some() && !a.require_client_cert && rules == 0 {
-        warn!(
-            "--ca without --require-client-cert or an --allow-* rule: clients without a \
-             certificate are admitted (anonymous); certificates that are presented are verified"
-        );
+/// Say at start when a site's client authentication is weaker than its settings may read.
+fn warn_anonymous_clients(s: &Site) {
+    if s.client_auth == ClientAuthMode::Optional && s.rules() == 0 {
+        match &s.labels {
+            Labels::Flags => warn!(
+                "--ca without --require-client-cert or an --allow-* rule: clients without a \
+                 certificate are admitted (anonymous); certificates that are presented are \
+                 verified"
+            ),
+            Labels::File { .. } => warn!(
+                "{}: client_auth = \"optional\" on site {}: clients without a certificate are \
+                 admitted (anonymous); certificates that are presented are verified",
+                s.labels.of("client_auth"),
+                s.name()
+            ),
+        }
     }
 }
 
@@ -485,19 +630,338 @@ fn warn_crl_grace(grace: u64, who: &str) {
     }
 }
 
-fn server_mode(a: &ServerArgs, previous: Option<&ServerPolicy>) -> Result<Mode, ConfigFail> {
-    let policy = server_policy(a, previous)?;
-    let backend = match &a.upstream {
-        Some(u) => Backend::Upstream {
-            addr: resolve(u, "--upstream")?,
-            proxy_protocol: a.proxy_protocol,
-        },
-        None => Backend::Service(Arc::new(IdentityResponder)),
+/// The start-up warnings of every site of `plan` (weaker than the settings may read).
+fn warn_plan(plan: &Plan) {
+    let mut seen = std::collections::HashSet::new();
+    for l in &plan.listeners {
+        for s in &l.sites {
+            // The flags give every listener the same site: warn once.
+            if !seen.insert(s.labels.of("client_auth")) {
+                continue;
+            }
+            match &s.labels {
+                Labels::Flags => warn_crl_grace(s.crl_grace, "clients"),
+                Labels::File { .. } if s.crl_grace > 0 => warn!(
+                    "{} {}: an expired CRL is still used for {} s after its nextUpdate before \
+                     the clients it covers are refused (fail-open window)",
+                    s.labels.of("crl_grace"),
+                    s.crl_grace,
+                    s.crl_grace
+                ),
+                Labels::File { .. } => {}
+            }
+            warn_anonymous_clients(s);
+        }
+    }
+}
+
+/// The HTTP mode's settings of a site (`upstream = "http://..."` or `--upstream http://...`).
+#[derive(Clone, Debug, PartialEq)]
+struct HttpSettings {
+    upstream: SocketAddr,
+    client_cert_header: Option<String>,
+    xfcc: bool,
+    upstream_timeout: Duration,
+}
+
+/// Where a site's decrypted connections go.
+#[derive(Clone, Debug, PartialEq)]
+enum SiteBackend {
+    /// The identity responder (no upstream).
+    Identity,
+    /// The byte stream to a TCP upstream.
+    Stream {
+        addr: SocketAddr,
+        proxy_protocol: bool,
+    },
+    /// The HTTP mode.
+    Http(HttpSettings),
+}
+
+impl SiteBackend {
+    fn describe(&self) -> String {
+        match self {
+            SiteBackend::Identity => "identity responder".to_string(),
+            SiteBackend::Stream {
+                addr,
+                proxy_protocol,
+            } => format!(
+                "byte stream to {addr}{}",
+                if *proxy_protocol {
+                    " with PROXY v2"
+                } else {
+                    ""
+                }
+            ),
+            SiteBackend::Http(h) => format!(
+                "HTTP to http://{}{}{}",
+                h.upstream,
+                if h.xfcc {
+                    " with x-forwarded-client-cert"
+                } else {
+                    ""
+                },
+                h.client_cert_header
+                    .as_deref()
+                    .map(|n| format!(" and {n}"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// The HTTP mode's upstream: `http://HOST[:PORT][/]` (port 80 when none is given).
+fn http_upstream(url: &str, label: &str) -> Result<SocketAddr, ConfigFail> {
+    let rest = url.get(7..).unwrap_or_default();
+    let host_port = rest.strip_suffix('/').unwrap_or(rest);
+    if host_port.is_empty() || host_port.contains(['/', '?', '#', '@']) {
+        return Err(ConfigFail(format!(
+            "{label} {url}: the HTTP mode takes http://HOST:PORT (no path, query or user)"
+        )));
+    }
+    let has_port = match host_port.rsplit_once(':') {
+        Some((h, _)) => !h.starts_with('[') || h.ends_with(']'),
+        None => false,
     };
-    Ok(Mode::Terminate {
-        policies: policy.into_set(),
-        backend,
+    if has_port {
+        resolve(host_port, label)
+    } else {
+        resolve(&format!("{host_port}:80"), label)
+    }
+}
+
+/// A site's backend, its upstream resolved (nothing is connected).
+fn site_backend(s: &Site) -> Result<SiteBackend, ConfigFail> {
+    let l = &s.labels;
+    let Some(u) = &s.upstream else {
+        return Ok(SiteBackend::Identity);
+    };
+    if !s.is_http() {
+        if u.contains("://") {
+            return Err(ConfigFail(format!(
+                "{} {u}: only http:// URLs (HTTP mode) or HOST:PORT (byte stream)",
+                l.of("upstream")
+            )));
+        }
+        return Ok(SiteBackend::Stream {
+            addr: resolve(u, &l.of("upstream"))?,
+            proxy_protocol: s.proxy_protocol,
+        });
+    }
+    let timeout = match s.upstream_timeout {
+        Some(t) => secs(t, &l.of("upstream_timeout"))?,
+        None => Duration::from_secs(60),
+    };
+    if timeout.is_zero() {
+        return Err(ConfigFail(format!(
+            "{}: must be more than 0 seconds",
+            l.of("upstream_timeout")
+        )));
+    }
+    Ok(SiteBackend::Http(HttpSettings {
+        upstream: http_upstream(u, &l.of("upstream"))?,
+        client_cert_header: s.client_cert_header.clone(),
+        xfcc: s.xfcc,
+        upstream_timeout: timeout,
+    }))
+}
+
+/// The library backend of the HTTP mode.
+///
+/// The one place where the HTTP mode is constructed
+/// (`onerecord_tls_mio::HttpProxy::new(HttpProxyConfig { .. })`); until that type is in this
+/// build, starting a server in the HTTP mode is a configuration error (`check` does not
+/// construct backends and accepts it).
+fn http_backend(h: &HttpSettings) -> Result<Backend, ConfigFail> {
+    Err(ConfigFail(format!(
+        "upstream http://{}: HTTP mode not built yet",
+        h.upstream
+    )))
+}
+
+/// The library backend of a site.
+fn backend(b: &SiteBackend) -> Result<Backend, ConfigFail> {
+    Ok(match b {
+        SiteBackend::Identity => Backend::Service(Arc::new(IdentityResponder)),
+        SiteBackend::Stream {
+            addr,
+            proxy_protocol,
+        } => Backend::Upstream {
+            addr: *addr,
+            proxy_protocol: *proxy_protocol,
+        },
+        SiteBackend::Http(h) => http_backend(h)?,
     })
+}
+
+/// The one backend a listener's sites share. Different backends per site need the library's
+/// per-SNI backends, which this build does not have: a configuration error naming the site.
+fn listener_backend(l: &ListenerPlan, backends: &[SiteBackend]) -> Result<SiteBackend, ConfigFail> {
+    let Some(first) = backends.first() else {
+        return Err(ConfigFail(format!("{}: no site", l.label)));
+    };
+    for (s, b) in l.sites.iter().zip(backends).skip(1) {
+        if b != first {
+            return Err(ConfigFail(format!(
+                "{}: the sites of {} must share one upstream in this build (site {}: {}; \
+                 site {}: {})",
+                s.labels.of("upstream"),
+                l.address,
+                l.sites.first().map_or("?", Site::name),
+                first.describe(),
+                s.name(),
+                b.describe()
+            )));
+        }
+    }
+    Ok(first.clone())
+}
+
+/// A listener's sites, built: the policies by SNI and each site's policy and backend.
+struct BuiltSites {
+    policies: ServerPolicies,
+    sites: Vec<(ServerPolicy, SiteBackend)>,
+}
+
+/// Build every site of `l` (reading its files), keeping the resumption state of the site
+/// that served the same name in `previous`.
+fn build_sites(
+    l: &ListenerPlan,
+    common: &Common,
+    previous: Option<&Mode>,
+) -> Result<BuiltSites, ConfigFail> {
+    let prev_set = match previous {
+        Some(Mode::Terminate { policies, .. }) => Some(policies),
+        _ => None,
+    };
+    let mut sites = Vec::new();
+    for s in &l.sites {
+        let prev = prev_set.and_then(|p| {
+            if s.default {
+                p.select(None)
+            } else {
+                p.select(s.server_names.first().map(String::as_str))
+            }
+        });
+        sites.push((site_policy(s, common, prev)?, site_backend(s)?));
+    }
+    let default = l
+        .sites
+        .iter()
+        .zip(&sites)
+        .find(|(s, _)| s.default)
+        .map(|(_, (p, _))| p.clone());
+    let mut policies = ServerPolicies::new(default);
+    for (s, (p, _)) in l.sites.iter().zip(&sites) {
+        for n in &s.server_names {
+            policies = policies
+                .with_name(n, p.clone())
+                .map_err(|e| file_err(&s.labels.of("server_names"), e))?;
+        }
+    }
+    Ok(BuiltSites { policies, sites })
+}
+
+/// The mode of listener `l` (re-reading every file), keeping the resumption state of
+/// `previous`.
+fn listener_mode(
+    l: &ListenerPlan,
+    common: &Common,
+    previous: Option<&Mode>,
+) -> Result<Mode, ConfigFail> {
+    let built = build_sites(l, common, previous)?;
+    let backends: Vec<SiteBackend> = built.sites.iter().map(|(_, b)| b.clone()).collect();
+    let b = listener_backend(l, &backends)?;
+    Ok(Mode::Terminate {
+        policies: built.policies,
+        backend: backend(&b)?,
+    })
+}
+
+/// The mode of every listener of `plan`, in order (`previous`: the running modes, by
+/// listener index). From the flags every listener serves the same site: one mode (one
+/// policy, one set of ticket keys and one session cache) shared by all, as before.
+fn plan_modes(plan: &Plan, previous: &[Option<Mode>]) -> Result<Vec<Mode>, ConfigFail> {
+    if plan.file.is_none() {
+        let Some(first) = plan.listeners.first() else {
+            return Ok(Vec::new());
+        };
+        let mode = listener_mode(
+            first,
+            &plan.common,
+            previous.first().and_then(Option::as_ref),
+        )?;
+        return Ok(vec![mode; plan.listeners.len()]);
+    }
+    plan.listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| listener_mode(l, &plan.common, previous.get(i).and_then(Option::as_ref)))
+        .collect()
+}
+
+/// The files the plan's policies are built from (for the metrics).
+fn plan_watched(plan: &Plan) -> exposition::Watched {
+    let mut w = exposition::Watched::default();
+    for s in plan.listeners.iter().flat_map(|l| &l.sites) {
+        for (list, p) in [
+            (&mut w.own, Some(&s.cert)),
+            (&mut w.ca, s.client_ca.as_ref()),
+        ] {
+            if let Some(p) = p {
+                if !list.contains(p) {
+                    list.push(p.clone());
+                }
+            }
+        }
+        for c in &s.crl {
+            if !w.crl.contains(c) {
+                w.crl.push(c.clone());
+            }
+        }
+    }
+    w
+}
+
+/// `check --config FILE`: parse, load every file, build every policy and backend plan,
+/// without binding; one line per site on stdout.
+fn check(path: &Path) -> Result<(), ConfigFail> {
+    let plan = Plan::from_file(path)?;
+    secs(plan.common.idle_timeout, "idle_timeout")?;
+    let mut lines = Vec::new();
+    for l in &plan.listeners {
+        let built = build_sites(l, &plan.common, None)?;
+        let backends: Vec<SiteBackend> = built.sites.iter().map(|(_, b)| b.clone()).collect();
+        listener_backend(l, &backends)?;
+        for (s, (p, b)) in l.sites.iter().zip(&built.sites) {
+            let names = if s.server_names.is_empty() {
+                "(no name)".to_string()
+            } else {
+                s.server_names.join(",")
+            };
+            lines.push(format!(
+                "{} {names}{}: cert {:?} (not after {}), client_auth {}, {} allow rule(s), {} \
+                 CRL file(s), {}",
+                l.address,
+                if s.default { " [default]" } else { "" },
+                p.certificate().subject,
+                p.certificate().not_after,
+                match s.client_auth {
+                    ClientAuthMode::None => "none",
+                    ClientAuthMode::Optional => "optional",
+                    ClientAuthMode::Required => "required",
+                },
+                s.rules(),
+                s.crl.len(),
+                b.describe()
+            ));
+        }
+    }
+    for line in lines {
+        println!("{line}");
+    }
+    println!("{}: ok", path.display());
+    Ok(())
 }
 
 fn client_mode(a: &ClientArgs) -> Result<Mode, ConfigFail> {
@@ -510,7 +974,7 @@ fn client_mode(a: &ClientArgs) -> Result<Mode, ConfigFail> {
         .unwrap_or(&a.connect);
     let server_name = a.server_name.clone().unwrap_or_else(|| host.to_string());
     let trust = TrustStore::from_pem_file(&a.ca).map_err(|e| file_err("--ca", e))?;
-    let crls = load_crls(&a.crl, &trust, &format!("--ca {}", a.ca.display()))?;
+    let crls = load_crls(&a.crl, &trust, "--crl", &format!("--ca {}", a.ca.display()))?;
     let mut b = ClientPolicy::builder(trust)
         .versions(versions(&a.common))
         .handshake_timeout(secs(a.common.handshake_timeout, "--handshake-timeout")?);
@@ -541,9 +1005,15 @@ fn client_mode(a: &ClientArgs) -> Result<Mode, ConfigFail> {
             .ok_or_else(|| ConfigFail(format!("--verify-spki: {h:?} is not 64 hex digits")))?;
         b = b.allow(IdentityRule::SpkiSha256(pin));
     }
-    let policy = b
-        .build(now)
-        .map_err(|e| policy_err(&crls, a.cert.as_deref(), a.key.as_deref(), e))?;
+    let policy = b.build(now).map_err(|e| {
+        policy_err(
+            &crls,
+            "--crl",
+            a.cert.as_deref().map(|c| ("--cert", c)),
+            a.key.as_deref().map(|k| ("--key", k)),
+            e,
+        )
+    })?;
     log_warnings(policy.warnings(), "client certificate");
     Ok(Mode::Originate {
         policy,
@@ -561,20 +1031,22 @@ fn limits(c: &Common) -> Result<Limits, ConfigFail> {
     })
 }
 
-fn current_policy(mode: &Mode) -> Option<ServerPolicy> {
-    match mode {
-        Mode::Terminate { policies, .. } => policies.policies().next().cloned(),
-        Mode::Originate { .. } => None,
-    }
+/// What a reload installs.
+enum Reloaded {
+    /// One mode for every listener (they keep sharing one policy: [`ServerHandle::reload_all`]).
+    All(Mode),
+    /// A mode per listener, by index; `None` keeps the listener's mode.
+    Each(Vec<Option<Mode>>),
 }
 
-/// Run until SIGINT/SIGTERM; SIGHUP (and the reload interval) calls `reload`. `watched` names
-/// the files the policy is built from (their dates are reported as metrics).
+/// Run until SIGINT/SIGTERM; SIGHUP (and the reload interval) calls `reload` with the running
+/// mode of each listener. `watched` names the files the policies are built from (their dates
+/// are reported as metrics).
 fn run(
     listeners: Vec<Listener>,
     common: &Common,
     watched: exposition::Watched,
-    reload: impl Fn(Option<ServerPolicy>) -> Result<Mode, ConfigFail> + Send + Sync + 'static,
+    reload: impl Fn(&[Option<Mode>]) -> Result<Reloaded, ConfigFail> + Send + Sync + 'static,
 ) -> Result<(), ConfigFail> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     // Every connection needs a descriptor (two when proxied): raise the soft limit to the hard
@@ -631,10 +1103,11 @@ fn run(
         let reload = reload.clone();
         let status = status.clone();
         move |trigger: exposition::Trigger| {
-            // Every listener runs the same mode (as at start): build it once per reload.
-            let previous = handle.mode(0).as_ref().and_then(current_policy);
-            match reload(previous) {
-                Ok(mode) => {
+            let previous: Vec<Option<Mode>> = (0..handle.local_addrs().len())
+                .map(|i| handle.mode(i))
+                .collect();
+            match reload(&previous) {
+                Ok(Reloaded::All(mode)) => {
                     // Before the log line, so whoever reads it sees the new dates.
                     status.loaded();
                     if handle.reload_all(mode) {
@@ -642,6 +1115,23 @@ fn run(
                             info!("reloaded policy for {addr}");
                         }
                     } else {
+                        status.reload_failed(trigger);
+                    }
+                }
+                Ok(Reloaded::Each(modes)) => {
+                    status.loaded();
+                    let mut ok = true;
+                    for (i, mode) in modes.into_iter().enumerate() {
+                        let Some(mode) = mode else { continue };
+                        if handle.reload(i, mode) {
+                            if let Some(addr) = handle.local_addrs().get(i) {
+                                info!("reloaded policy for {addr}");
+                            }
+                        } else {
+                            ok = false;
+                        }
+                    }
+                    if !ok {
                         status.reload_failed(trigger);
                     }
                 }
@@ -688,31 +1178,138 @@ fn run(
     Ok(())
 }
 
+/// `--config` says everything: any other server flag given on the command line with it is a
+/// contradiction (exit 2 naming the flag).
+fn config_only(matches: &clap::ArgMatches) -> Result<(), ConfigFail> {
+    use clap::parser::ValueSource;
+    let Some(("server", sub)) = matches.subcommand() else {
+        return Ok(());
+    };
+    if sub.value_source("config").is_none() {
+        return Ok(());
+    }
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let Some(server) = cmd.find_subcommand("server") else {
+        return Ok(());
+    };
+    for arg in server.get_arguments() {
+        let id = arg.get_id().as_str();
+        if id == "config" || id == "log_format" {
+            continue;
+        }
+        if sub.value_source(id) == Some(ValueSource::CommandLine) {
+            let flag = arg.get_long().unwrap_or(id);
+            let config = sub
+                .get_one::<PathBuf>("config")
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            return Err(ConfigFail(format!(
+                "--config {config} cannot be combined with --{flag}: the file says everything \
+                 (its global keys and [[listener.site]] keys are the server flags)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Start the server `plan` describes and run it; a reload re-reads the file (or the files the
+/// flags name).
+fn serve(plan: Plan) -> Result<(), ConfigFail> {
+    let modes = plan_modes(&plan, &[])?;
+    serve_with(plan, modes)
+}
+
+/// [`serve`] with the modes already built from `plan`.
+fn serve_with(plan: Plan, modes: Vec<Mode>) -> Result<(), ConfigFail> {
+    warn_plan(&plan);
+    for l in plan.listeners.iter().filter(|_| plan.file.is_some()) {
+        for s in &l.sites {
+            info!(
+                "{} site {}{}: client_auth {:?}, {}",
+                l.address,
+                s.server_names.join(","),
+                if s.default { " [default]" } else { "" },
+                s.client_auth,
+                site_backend(s).map(|b| b.describe()).unwrap_or_default()
+            );
+        }
+    }
+    let listeners = plan
+        .listeners
+        .iter()
+        .zip(modes)
+        .map(|(l, mode)| Listener {
+            addr: l.address,
+            mode,
+        })
+        .collect();
+    let watched = plan_watched(&plan);
+    let common = plan.common.clone();
+    // A reload keeps the ticket keys and session cache only while the CA bundle and CRLs are
+    // unchanged: the library's reload trust rule (ServerHandle::reload).
+    run(listeners, &common, watched, move |previous| {
+        let Some(path) = &plan.file else {
+            let mode = plan_modes(&plan, previous)?.into_iter().next();
+            return mode
+                .map(Reloaded::All)
+                .ok_or_else(|| ConfigFail("--listen: no listener".to_string()));
+        };
+        let fresh = Plan::from_file(path)?;
+        reload_plan(&plan, &fresh, previous)
+    })
+}
+
+/// The modes a re-read configuration file gives the running listeners, matched by address:
+/// addresses do not change on reload (a listener the file moved, added or removed is logged
+/// and keeps running as it was, or is not started, until a restart).
+fn reload_plan(
+    running: &Plan,
+    fresh: &Plan,
+    previous: &[Option<Mode>],
+) -> Result<Reloaded, ConfigFail> {
+    let mut modes = vec![None; running.listeners.len()];
+    for l in &fresh.listeners {
+        match running
+            .listeners
+            .iter()
+            .position(|r| r.address == l.address)
+        {
+            Some(i) => {
+                let prev = previous.get(i).and_then(Option::as_ref);
+                modes[i] = Some(listener_mode(l, &fresh.common, prev)?);
+            }
+            None => warn!(
+                "{}: {} is not a running listener: addresses do not change on reload \
+                 (restart to listen there)",
+                l.label, l.address
+            ),
+        }
+    }
+    for (r, m) in running.listeners.iter().zip(&modes) {
+        if m.is_none() {
+            warn!(
+                "listener {} is no longer in the file: addresses do not change on reload, it \
+                 keeps its current configuration until a restart",
+                r.address
+            );
+        }
+    }
+    Ok(Reloaded::Each(modes))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     logging::init(cli.log_format == LogFormat::Json);
     let result = match cli.command {
-        Command::Server(a) => {
-            warn_crl_grace(a.crl_grace, "clients");
-            server_mode(&a, None).and_then(|mode| {
-                warn_anonymous_clients(&a);
-                let listeners = a
-                    .listen
-                    .iter()
-                    .map(|addr| Listener {
-                        addr: *addr,
-                        mode: mode.clone(),
-                    })
-                    .collect();
-                let args = a.clone();
-                let watched = exposition::watched(Some(&a.cert), a.client_ca.as_deref(), &a.crl);
-                // A reload keeps the ticket keys and session cache only while the CA bundle
-                // and CRLs are unchanged: the library's reload trust rule (ServerHandle::reload).
-                run(listeners, &a.common, watched, move |prev| {
-                    server_mode(&args, prev.as_ref())
-                })
-            })
-        }
+        Command::Server(a) => config_only(&matches).and_then(|()| match &a.config {
+            Some(path) => Plan::from_file(path).and_then(serve),
+            None => Plan::from_flags(&a).and_then(serve),
+        }),
+        Command::Check(c) => check(&c.config),
         Command::Client(a) => {
             warn_crl_grace(a.crl_grace, "partners");
             client_mode(&a).and_then(|mode| {
@@ -722,7 +1319,9 @@ fn main() -> ExitCode {
                 }];
                 let args = a.clone();
                 let watched = exposition::watched(a.cert.as_deref(), Some(&a.ca), &a.crl);
-                run(listeners, &a.common, watched, move |_| client_mode(&args))
+                run(listeners, &a.common, watched, move |_| {
+                    client_mode(&args).map(Reloaded::All)
+                })
             })
         }
         Command::Dev(d) => dev::start(&d),
@@ -745,9 +1344,10 @@ fn main() -> ExitCode {
 /// The server arguments dev mode runs with.
 fn dev_server_args(dir: &Path, d: &DevArgs) -> ServerArgs {
     ServerArgs {
+        config: None,
         listen: vec![d.listen],
-        cert: dir.join("server.pem"),
-        key: dir.join("server.key"),
+        cert: Some(dir.join("server.pem")),
+        key: Some(dir.join("server.key")),
         client_ca: Some(dir.join("ca.pem")),
         require_client_cert: true,
         crl: Vec::new(),
@@ -760,6 +1360,9 @@ fn dev_server_args(dir: &Path, d: &DevArgs) -> ServerArgs {
         alpn: Vec::new(),
         upstream: None,
         proxy_protocol: false,
+        client_cert_header: None,
+        upstream_timeout: None,
+        no_xfcc: false,
         ticket_keys: None,
         common: Common {
             workers: d.workers,
