@@ -59,6 +59,14 @@ impl Source {
         let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         format!("{}:{line}:{col}", self.path.display())
     }
+
+    /// The key of the `key = value` line whose value starts at or before byte `at`.
+    fn key_before(&self, at: usize) -> Option<&str> {
+        let before = self.text.get(..at)?;
+        let line = before.rsplit('\n').next()?;
+        let (key, _) = line.split_once('=')?;
+        Some(key.trim()).filter(|k| !k.is_empty())
+    }
 }
 
 /// How errors name a setting: the flag (`--cert`) on the command line, `FILE:LINE:COL: key`
@@ -263,8 +271,13 @@ impl Plan {
         let rel = |p: PathBuf| if p.is_absolute() { p } else { dir.join(p) };
         let file: FileToml = toml::from_str(&source.text).map_err(|e| {
             let at = e.span().map_or(0, |s| s.start);
+            // A bad value: name its key (an unknown key is named by the message).
+            let key = source
+                .key_before(at)
+                .map(|k| format!(" {k}:"))
+                .unwrap_or_default();
             ConfigFail(format!(
-                "{}: {}",
+                "{}:{key} {}",
                 source.position(at),
                 e.message().trim_end()
             ))
@@ -459,6 +472,32 @@ impl Plan {
 
     /// The contradictions that need no file read.
     fn check(&self) -> Result<(), ConfigFail> {
+        // A site without the header of another site with the same upstream would pass a
+        // forged copy of it from its clients to that upstream.
+        let http: Vec<&Site> = self
+            .listeners
+            .iter()
+            .flat_map(|l| &l.sites)
+            .filter(|s| s.is_http())
+            .collect();
+        for (i, a) in http.iter().enumerate() {
+            for b in http.iter().skip(i + 1) {
+                let same = a.upstream.as_deref().map(str::to_ascii_lowercase)
+                    == b.upstream.as_deref().map(str::to_ascii_lowercase);
+                let header =
+                    |s: &Site| s.client_cert_header.as_deref().map(str::to_ascii_lowercase);
+                if same && header(a) != header(b) {
+                    return Err(ConfigFail(format!(
+                        "{}: sites with the same upstream need the same client_cert_header (the \
+                         site at {} says {:?}): a site without it would let its clients send a \
+                         forged one to that upstream",
+                        b.labels.of("client_cert_header"),
+                        a.labels.of("client_cert_header"),
+                        a.client_cert_header.as_deref().unwrap_or("none")
+                    )));
+                }
+            }
+        }
         for l in &self.listeners {
             let mut names: Vec<(String, &Site)> = Vec::new();
             let mut default: Option<&Site> = None;
@@ -621,6 +660,16 @@ mod tests {
         assert_eq!(s.position(0), "gw.toml:1:1");
         assert_eq!(s.position(8), "gw.toml:2:3");
         assert_eq!(s.position(1000), "gw.toml:3:1");
+    }
+
+    #[test]
+    fn the_key_of_a_bad_value_is_read_from_its_line() {
+        let s = source("a = 1\n  client_auth = true\n");
+        assert_eq!(s.key_before(22), Some("client_auth"));
+        assert_eq!(s.key_before(4), Some("a"));
+        assert_eq!(s.key_before(2), None);
+        assert_eq!(s.key_before(0), None);
+        assert_eq!(s.key_before(999), None);
     }
 
     #[test]

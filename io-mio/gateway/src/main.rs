@@ -61,7 +61,9 @@ Configuration file (server --config FILE, check --config FILE; or ONERECORD_GATE
   Contradictions (exit 2): allow rules, crl or client_ca with client_auth = \"none\";
   optional/required without client_ca; proxy_protocol with an http:// upstream; HTTP-mode
   keys with a byte-stream upstream; two sites claiming one name or two defaults on one
-  listener; a site with neither server_names nor default; --config with other server flags."
+  listener; a site with neither server_names nor default; two sites with the same upstream
+  but different client_cert_header (give it to every site of that upstream, so that forged
+  copies are removed everywhere); --config with other server flags."
     };
 }
 
