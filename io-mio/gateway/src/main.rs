@@ -28,7 +28,9 @@ use onerecord_tls::{
     ClientAuth, ClientPolicy, IdentityRule, Revocation, ServerPolicies, ServerPolicy, Sha256, Time,
     TrustStore, UnknownStatus, Versions, Warning, pki,
 };
-use onerecord_tls_mio::{Backend, IdentityResponder, Limits, Listener, Mode, ServerConfig};
+use onerecord_tls_mio::{
+    Backend, IdentityResponder, Limits, Listener, Mode, ServerConfig, SniBackends,
+};
 
 /// The configuration file's keys (README.md, "The configuration file", says more).
 macro_rules! config_help {
@@ -796,27 +798,40 @@ fn backend(b: &SiteBackend) -> Result<Backend, ConfigFail> {
     })
 }
 
-/// The one backend a listener's sites share. Different backends per site need the library's
-/// per-SNI backends, which this build does not have: a configuration error naming the site.
-fn listener_backend(l: &ListenerPlan, backends: &[SiteBackend]) -> Result<SiteBackend, ConfigFail> {
+/// A listener's backend: the one its sites share, or one per site chosen by SNI
+/// ([`Backend::BySni`], with the names and default of the listener's `ServerPolicies`).
+/// Sites with the same backend share one constructed backend.
+fn listener_backend(l: &ListenerPlan, backends: &[SiteBackend]) -> Result<Backend, ConfigFail> {
     let Some(first) = backends.first() else {
         return Err(ConfigFail(format!("{}: no site", l.label)));
     };
-    for (s, b) in l.sites.iter().zip(backends).skip(1) {
-        if b != first {
-            return Err(ConfigFail(format!(
-                "{}: the sites of {} must share one upstream in this build (site {}: {}; \
-                 site {}: {})",
-                s.labels.of("upstream"),
-                l.address,
-                l.sites.first().map_or("?", Site::name),
-                first.describe(),
-                s.name(),
-                b.describe()
-            )));
+    if backends.iter().all(|b| b == first) {
+        return backend(first);
+    }
+    let mut built: Vec<(&SiteBackend, Backend)> = Vec::new();
+    let mut default = None;
+    let mut named = Vec::new();
+    for (s, b) in l.sites.iter().zip(backends) {
+        let made = match built.iter().find(|(k, _)| *k == b) {
+            Some((_, done)) => done.clone(),
+            None => {
+                let done = backend(b)?;
+                built.push((b, done.clone()));
+                done
+            }
+        };
+        if s.default {
+            default = Some(made.clone());
+        }
+        for n in &s.server_names {
+            named.push((n.clone(), made.clone()));
         }
     }
-    Ok(first.clone())
+    let mut sites = SniBackends::new(default);
+    for (n, b) in named {
+        sites = sites.with_name(&n, b);
+    }
+    Ok(Backend::BySni(sites))
 }
 
 /// A listener's sites, built: the policies by SNI and each site's policy and backend.
@@ -873,10 +888,9 @@ fn listener_mode(
 ) -> Result<Mode, ConfigFail> {
     let built = build_sites(l, common, previous)?;
     let backends: Vec<SiteBackend> = built.sites.iter().map(|(_, b)| b.clone()).collect();
-    let b = listener_backend(l, &backends)?;
     Ok(Mode::Terminate {
         policies: built.policies,
-        backend: backend(&b)?,
+        backend: listener_backend(l, &backends)?,
     })
 }
 
@@ -933,8 +947,6 @@ fn check(path: &Path) -> Result<(), ConfigFail> {
     let mut lines = Vec::new();
     for l in &plan.listeners {
         let built = build_sites(l, &plan.common, None)?;
-        let backends: Vec<SiteBackend> = built.sites.iter().map(|(_, b)| b.clone()).collect();
-        listener_backend(l, &backends)?;
         for (s, (p, b)) in l.sites.iter().zip(&built.sites) {
             let names = if s.server_names.is_empty() {
                 "(no name)".to_string()
@@ -1269,6 +1281,27 @@ fn reload_plan(
     fresh: &Plan,
     previous: &[Option<Mode>],
 ) -> Result<Reloaded, ConfigFail> {
+    let (a, b) = (&running.common, &fresh.common);
+    let changed: Vec<&str> = [
+        ("workers", a.workers != b.workers),
+        ("metrics", a.metrics != b.metrics),
+        ("idle_timeout", a.idle_timeout != b.idle_timeout),
+        ("drain_timeout", a.drain_timeout != b.drain_timeout),
+        ("max_connections", a.max_connections != b.max_connections),
+        ("reload_interval", a.reload_interval != b.reload_interval),
+        ("reuse_port", a.reuse_port != b.reuse_port),
+    ]
+    .into_iter()
+    .filter_map(|(k, c)| c.then_some(k))
+    .collect();
+    if !changed.is_empty() {
+        warn!(
+            "{}: {} changed: these keys take effect at the next start (a reload rebuilds the \
+             sites, handshake_timeout and tls13_only)",
+            fresh.file.as_deref().unwrap_or(Path::new("")).display(),
+            changed.join(", ")
+        );
+    }
     let mut modes = vec![None; running.listeners.len()];
     for l in &fresh.listeners {
         match running
