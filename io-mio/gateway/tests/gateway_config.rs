@@ -301,6 +301,37 @@ fn unknown_sni_gets_unrecognized_name_without_a_default_site_and_is_served_with_
 }
 
 #[test]
+fn sites_of_one_listener_go_to_their_own_upstreams() {
+    let pki = Pki::new();
+    // The partners' upstream: a TCP server that answers every connection with one line.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut c in upstream.incoming().flatten().take(4) {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 256];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nfrom the partners' upstream\n");
+        }
+    });
+    let toml = two_sites(&pki, true).replace(
+        "  client_ca = \"ca.pem\"\n",
+        &format!("  client_ca = \"ca.pem\"\n  upstream = \"{up}\"\n"),
+    );
+    let config = write_config(&pki, &toml);
+    let gw = Running::start(&config, 1);
+    let out = s_client(&pki, gw.addrs[0], Some("partners.example"), Some("client"));
+    assert!(out.contains("from the partners' upstream"), "{out}");
+    // The public site (and the default: no SNI) answers with the identity responder.
+    for sni in [Some("public.example"), None] {
+        let out = s_client(&pki, gw.addrs[0], sni, None);
+        assert!(out.contains("\"request\""), "{sni:?}: {out}");
+        assert!(!out.contains("partners' upstream"), "{sni:?}: {out}");
+    }
+}
+
+#[test]
 fn several_listeners_each_serve_their_own_sites() {
     let pki = Pki::new();
     write_site_cert(&pki, "a", &["a.example"]);
@@ -392,6 +423,40 @@ fn sighup_rereads_the_file_a_new_allow_rule_takes_effect_and_a_broken_file_keeps
     let out = s_client(&pki, addr, Some("partners.example"), Some("partner"));
     assert!(!out.contains("200 OK"), "{out}");
     assert_eq!(gw.log_count("reloaded policy for"), 1, "{log}");
+}
+
+#[test]
+fn reload_interval_key_rereads_the_file_without_a_signal() {
+    let pki = Pki::new();
+    let base =
+        two_sites(&pki, false).replace("workers = 1\n", "workers = 1\nreload_interval = 1\n");
+    let config = write_config(&pki, &base);
+    let gw = Running::start(&config, 1);
+    let out = s_client(&pki, gw.addrs[0], Some("public.example"), None);
+    assert!(out.contains("200 OK"), "{out}");
+    // The public site becomes mTLS-only; within a few intervals the change is served.
+    let changed = base.replace(
+        "  client_auth = \"none\"\n",
+        "  client_auth = \"required\"\n  client_ca = \"ca.pem\"\n",
+    );
+    assert_ne!(changed, base);
+    write_config(&pki, &changed);
+    let start = Instant::now();
+    loop {
+        let out = s_client(&pki, gw.addrs[0], Some("public.example"), None);
+        if out.contains("alert certificate required") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "never reloaded: {out}\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A global key that only a restart applies is said so.
+    write_config(&pki, &changed.replace("workers = 1", "workers = 3"));
+    gw.wait_for_count("workers changed", 1);
 }
 
 #[test]
