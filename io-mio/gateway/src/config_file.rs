@@ -315,6 +315,7 @@ impl Plan {
             reload_interval: duration(file.reload_interval, "reload_interval")?,
             reuse_port: file.reuse_port.unwrap_or(false),
         };
+        let ticket_keys_span = file.ticket_keys.as_ref().map(Spanned::span);
         let ticket_keys = file.ticket_keys.map(|t| rel(t.into_inner()));
         if file.listener.is_empty() {
             return Err(ConfigFail(format!(
@@ -352,6 +353,9 @@ impl Plan {
                 let mut keys = HashMap::new();
                 keys.insert("cert", s.cert.span());
                 keys.insert("key", s.key.span());
+                if let Some(span) = &ticket_keys_span {
+                    keys.insert("ticket_keys", span.clone());
+                }
                 let server_names = take(&mut keys, "server_names", s.server_names);
                 let default = take(&mut keys, "default", s.default);
                 let client_ca = take(&mut keys, "client_ca", s.client_ca).map(rel);

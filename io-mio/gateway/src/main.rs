@@ -573,7 +573,7 @@ fn site_policy(
     }
     if let Some(f) = &s.ticket_keys {
         let keys = onerecord_tls_mio::tickets::load(f, Duration::from_secs(12 * 3600))
-            .map_err(|e| file_err(&ticket_keys_label(l), e))?;
+            .map_err(|e| file_err(&l.of("ticket_keys"), e))?;
         b = b.tickets(Some(keys));
     }
     let (cert_label, key_label) = (l.of("cert"), l.of("key"));
@@ -588,14 +588,6 @@ fn site_policy(
     })?;
     log_warnings(p.warnings(), &s.cert.display().to_string());
     Ok(p)
-}
-
-/// `ticket_keys` is a global key of the file (or `--ticket-keys`).
-fn ticket_keys_label(l: &Labels) -> String {
-    match l {
-        Labels::Flags => "--ticket-keys".to_string(),
-        Labels::File { .. } => "ticket_keys".to_string(),
-    }
 }
 
 fn resolve(s: &str, flag: &str) -> Result<SocketAddr, ConfigFail> {

@@ -637,6 +637,12 @@ fn bad_files(pki: &Pki) -> Vec<(&'static str, String, usize, &'static str)> {
             "server_names",
         ),
         (
+            "a missing ticket-key file",
+            format!("ticket_keys = \"nope.keys\"\n{head}default = true\n"),
+            1,
+            "ticket_keys",
+        ),
+        (
             "a negative timeout",
             format!("idle_timeout = -1\n{head}default = true\n"),
             1,
