@@ -153,6 +153,17 @@ impl Drop for Running {
 /// `openssl s_client` to `addr` with SNI `sni` (`None`: no SNI), trusting the test CA, with
 /// the client certificate `client` (`.pem`/`.key` of the PKI) when given; sends GET10.
 fn s_client(pki: &Pki, addr: SocketAddr, sni: Option<&str>, client: Option<&str>) -> String {
+    s_client_with(pki, addr, sni, client, &[])
+}
+
+/// [`s_client`] with more openssl arguments.
+fn s_client_with(
+    pki: &Pki,
+    addr: SocketAddr,
+    sni: Option<&str>,
+    client: Option<&str>,
+    extra: &[&str],
+) -> String {
     let mut args: Vec<String> = vec![
         "20".into(),
         "openssl".into(),
@@ -175,6 +186,7 @@ fn s_client(pki: &Pki, addr: SocketAddr, sni: Option<&str>, client: Option<&str>
             pki.path(&format!("{c}.key")),
         ]);
     }
+    args.extend(extra.iter().map(|a| a.to_string()));
     let mut child = Command::new("timeout")
         .args(&args)
         .stdin(Stdio::piped())
@@ -423,6 +435,64 @@ fn sighup_rereads_the_file_a_new_allow_rule_takes_effect_and_a_broken_file_keeps
     let out = s_client(&pki, addr, Some("partners.example"), Some("partner"));
     assert!(!out.contains("200 OK"), "{out}");
     assert_eq!(gw.log_count("reloaded policy for"), 1, "{log}");
+}
+
+#[test]
+fn a_reload_keeps_each_sites_sessions_until_that_sites_client_ca_changes() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    std::fs::copy(d.join("ca.pem"), d.join("bundle.pem")).unwrap();
+    let toml = two_sites(&pki, false).replace("\"ca.pem\"", "\"bundle.pem\"");
+    let config = write_config(&pki, &toml);
+    let gw = Running::start(&config, 1);
+    let addr = gw.addrs[0];
+    let (p_sess, q_sess) = (pki.path("partners.sess"), pki.path("public.sess"));
+    let partners = |flag: &str, f: &str| {
+        s_client_with(
+            &pki,
+            addr,
+            Some("partners.example"),
+            Some("client"),
+            &["-tls1_3", flag, f],
+        )
+    };
+    let public = |flag: &str, f: &str| {
+        s_client_with(
+            &pki,
+            addr,
+            Some("public.example"),
+            None,
+            &["-tls1_3", flag, f],
+        )
+    };
+    assert!(partners("-sess_out", &p_sess).contains("200 OK"));
+    assert!(public("-sess_out", &q_sess).contains("200 OK"));
+
+    // The same file again: both sites' sessions resume.
+    gw.hup();
+    gw.wait_for_count("reloaded policy for", 1);
+    let out = partners("-sess_in", &p_sess);
+    assert!(
+        out.contains("Reused, TLSv1.3") && out.contains("200 OK"),
+        "{out}"
+    );
+    let out = public("-sess_in", &q_sess);
+    assert!(out.contains("Reused, TLSv1.3"), "{out}");
+
+    // The partners' CA bundle changes: their sessions end (a full handshake, still admitted);
+    // the public site's trust did not change and its sessions still resume.
+    let other = std::fs::read_to_string(d.join("other-ca.pem")).unwrap();
+    let ca = std::fs::read_to_string(d.join("ca.pem")).unwrap();
+    std::fs::write(d.join("bundle.pem"), format!("{ca}{other}")).unwrap();
+    gw.hup();
+    gw.wait_for_count("reloaded policy for", 2);
+    let out = partners("-sess_in", &p_sess);
+    assert!(
+        out.contains("New, TLSv1.3") && out.contains("200 OK"),
+        "{out}"
+    );
+    let out = public("-sess_in", &q_sess);
+    assert!(out.contains("Reused, TLSv1.3"), "{out}");
 }
 
 #[test]
