@@ -62,6 +62,7 @@ pub mod client;
 mod config;
 mod conn;
 pub mod http;
+mod http_proxy;
 pub mod metrics;
 pub mod proxy;
 mod queue;
