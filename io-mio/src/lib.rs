@@ -76,6 +76,7 @@ pub use client::{Client, ClientStream};
 pub use config::{Backend, Limits, Listener, Mode, ServerConfig};
 pub use conn::PLAINTEXT_BODY;
 pub use http::IdentityResponder;
+pub use http_proxy::{HttpProxy, HttpProxyConfig, HttpProxyConfigError};
 pub use metrics::{Counters, Histogram, Metrics, Snapshot};
 pub use server::{ServerHandle, start};
 pub use service::{Handler, Peer, Reply, Service, ServiceFn};

@@ -1,6 +1,663 @@
-//! HTTP/1.1 reverse proxy to one upstream (the gateway's HTTP mode).
+//! An HTTP/1.1 reverse proxy to one upstream: the gateway's HTTP mode, as a [`Service`].
+//!
+//! Each terminated TLS connection gets a handler that reads request heads, refuses what could
+//! smuggle a request (see below), rewrites the head (identity and forwarding fields) and
+//! relays requests and responses, bodies streamed both ways, over an upstream connection
+//! taken from the adapter's per-worker pool ([`Reply::upstream_open`]), so kept-alive
+//! upstream connections carry the requests of many client connections.
+//!
+//! The work is split in two. The pure part (no I/O, no clock, unit-tested with tables and
+//! arbitrary splits) is `request` (parse, check, rewrite a request head), `response` (parse
+//! a response head, decide its framing, rewrite it), `body` (where a Content-Length or
+//! chunked body ends, fed in any split) and `xfcc` (the client-certificate fields). The
+//! [`Handler`] here only moves bytes between them and the [`Reply`].
+//!
+//! # Per request
+//!
+//! - Refused with a short text body and `Connection: close`, then closed, never forwarded:
+//!   `400` for ambiguous or malformed framing (both `Content-Length` and
+//!   `Transfer-Encoding`; differing `Content-Length`s (identical repeats are merged);
+//!   `Content-Length` not plain digits; `Transfer-Encoding` other than exactly `chunked`,
+//!   `gzip, chunked` included; obs-fold; whitespace before a colon; bare LF; missing or
+//!   repeated `Host`; absolute-form for another host; the HTTP/2 preface), `414` for a
+//!   request line over [`HttpProxyConfig::max_request_line`], `431` for a head over
+//!   [`HttpProxyConfig::max_head`] or [`HttpProxyConfig::max_headers`], `405` for CONNECT.
+//!   A malformed chunk while a chunked request body streams closes both connections (the
+//!   stream is desynchronised), with a `400` first if no response has started.
+//! - Removed: `x-forwarded-client-cert`, the configured client-certificate field,
+//!   `x-forwarded-proto`, `x-forwarded-host`, `x-forwarded-port`, `x-forwarded-prefix`,
+//!   `x-real-ip`, `Forwarded`, and hop-by-hop fields (`Connection` and what it names,
+//!   `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`, `Proxy-Authorization`).
+//! - Added: `x-forwarded-client-cert` (Envoy's format) and the configured nginx-style field
+//!   (URL-encoded PEM, as `$ssl_client_escaped_cert`) when the peer presented a certificate;
+//!   `x-forwarded-proto: https`; the client address appended to `x-forwarded-for`;
+//!   `x-forwarded-host` from the request's `Host` (see [`HttpProxyConfig::fallback_host`]).
+//! - Relayed: bodies in both directions as they arrive (chunked stays chunked; an HTTP/1.0
+//!   client gets the payload of a chunked response and the close), `Expect: 100-continue`
+//!   forwarded and any 1xx but 101 relayed, no body after HEAD, 204, 304 and 1xx. A
+//!   close-delimited response closes the client connection after it.
+//! - Connections: the client's `Connection: close` (or an HTTP/1.0 request without
+//!   `keep-alive`) gets `Connection: close` and `close_notify` after the response. Pipelined
+//!   requests are taken one at a time: reading pauses while a request is in flight, so
+//!   memory per connection is bounded by one head plus the adapter's queues, whatever the
+//!   body sizes. The upstream connection goes back to the pool only when the request and
+//!   the response were both complete and the upstream did not say `Connection: close`.
+//! - Upstream failures: `502 Bad Gateway` when the upstream cannot be reached, or closes or
+//!   resets before a response head; `504 Gateway Timeout` when it is silent for
+//!   [`HttpProxyConfig::upstream_timeout`] (counted from the last byte exchanged) before the
+//!   head; each with a body naming the cause, and a WARN line (target `onerecord::upstream`).
+//!   Once a response has started, a failure or a timeout closes the client connection. A
+//!   request without a body whose pooled upstream connection ended with nothing received
+//!   is retried once on a fresh connection (the upstream closed an idle connection as it
+//!   was taken).
 
 mod body;
 mod request;
 mod response;
 mod xfcc;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+
+use crate::service::{Handler, Peer, Reply, Service, UpstreamEnd};
+use body::Body;
+use request::{Added, HeadLimits, Parsed};
+
+/// What an [`HttpProxy`] does. [`HttpProxyConfig::new`] gives the defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpProxyConfig {
+    /// The upstream HTTP server (plain HTTP/1.1 over TCP).
+    pub upstream: SocketAddr,
+    /// `x-forwarded-host` (and the upstream `Host`) for a request that has none (an HTTP/1.0
+    /// request without `Host`). `None`: the server name the client sent (SNI), and without
+    /// one the field is left out. A request with a `Host` always gets its own.
+    pub fallback_host: Option<String>,
+    /// Name of an nginx-style field carrying the client certificate as URL-encoded PEM (as
+    /// nginx's `$ssl_client_escaped_cert`), e.g. `x-ssl-client-cert`; `None`: no such field.
+    /// Incoming fields of this name are removed either way.
+    pub client_cert_header: Option<String>,
+    /// Add `x-forwarded-client-cert` (Envoy's format) when the peer presented a certificate.
+    /// Incoming ones are removed either way. Default `true`.
+    pub xfcc: bool,
+    /// Longest request line in bytes; longer gets `414`. Default 8 KiB.
+    pub max_request_line: usize,
+    /// Largest request head (request line and fields) in bytes; larger gets `431`. Default
+    /// 32 KiB.
+    pub max_head: usize,
+    /// Most header fields in a request; more gets `431`. Default 100.
+    pub max_headers: usize,
+    /// How long the upstream may be silent (from the last byte exchanged with it) before a
+    /// response is complete: `504` before the response head, the client connection closed
+    /// after it. Default 60 s.
+    pub upstream_timeout: Duration,
+}
+
+impl HttpProxyConfig {
+    /// The defaults for `upstream`.
+    pub fn new(upstream: SocketAddr) -> Self {
+        Self {
+            upstream,
+            fallback_host: None,
+            client_cert_header: None,
+            xfcc: true,
+            max_request_line: 8 * 1024,
+            max_head: 32 * 1024,
+            max_headers: 100,
+            upstream_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// An [`HttpProxyConfig`] that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HttpProxyConfigError {
+    /// `client_cert_header` is not an HTTP field name (RFC 9110 token).
+    InvalidHeaderName(String),
+    /// `client_cert_header` names a field the proxy sets or removes itself.
+    ReservedHeaderName(String),
+    /// `fallback_host` holds a character a `Host` cannot.
+    InvalidHost(String),
+    /// A limit that is zero: the named field.
+    ZeroLimit(&'static str),
+}
+
+impl fmt::Display for HttpProxyConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidHeaderName(n) => write!(f, "client_cert_header {n:?} is not a field name"),
+            Self::ReservedHeaderName(n) => write!(
+                f,
+                "client_cert_header {n:?} is a field the proxy sets or removes itself"
+            ),
+            Self::InvalidHost(h) => write!(f, "fallback_host {h:?} is not a host"),
+            Self::ZeroLimit(name) => write!(f, "{name} must be greater than zero"),
+        }
+    }
+}
+
+impl std::error::Error for HttpProxyConfigError {}
+
+/// The HTTP/1.1 reverse-proxy [`Service`]: accepts every peer the TLS policy let through.
+#[derive(Clone, Debug)]
+pub struct HttpProxy {
+    cfg: Arc<HttpProxyConfig>,
+}
+
+impl HttpProxy {
+    /// A proxy with `cfg`, checked: a client-certificate field name that is not a token or
+    /// names a field the proxy manages, a fallback host with characters a host cannot hold,
+    /// or a zero limit is an error naming the field.
+    pub fn new(cfg: HttpProxyConfig) -> Result<Self, HttpProxyConfigError> {
+        if let Some(name) = &cfg.client_cert_header {
+            let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            if name.is_empty() || !name.bytes().all(token) {
+                return Err(HttpProxyConfigError::InvalidHeaderName(name.clone()));
+            }
+            let lower = name.to_ascii_lowercase();
+            if request::is_managed(&lower) {
+                return Err(HttpProxyConfigError::ReservedHeaderName(name.clone()));
+            }
+        }
+        if let Some(host) = &cfg.fallback_host {
+            let ok = |b: u8| b.is_ascii_alphanumeric() || b"-._~:[]".contains(&b);
+            if host.is_empty() || !host.bytes().all(ok) {
+                return Err(HttpProxyConfigError::InvalidHost(host.clone()));
+            }
+        }
+        for (name, v) in [
+            ("max_request_line", cfg.max_request_line),
+            ("max_head", cfg.max_head),
+            ("max_headers", cfg.max_headers),
+        ] {
+            if v == 0 {
+                return Err(HttpProxyConfigError::ZeroLimit(name));
+            }
+        }
+        if cfg.upstream_timeout.is_zero() {
+            return Err(HttpProxyConfigError::ZeroLimit("upstream_timeout"));
+        }
+        Ok(Self { cfg: Arc::new(cfg) })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HttpProxyConfig {
+        &self.cfg
+    }
+}
+
+impl Service for HttpProxy {
+    fn accept(&self, peer: &Peer<'_>) -> Option<Box<dyn Handler>> {
+        let id = peer.identity;
+        let added = Added {
+            client_ip: Some(peer.remote.ip()),
+            xfcc: if self.cfg.xfcc { xfcc::xfcc(id) } else { None },
+            cert_header: self
+                .cfg
+                .client_cert_header
+                .as_ref()
+                .map(|n| (n.to_ascii_lowercase(), xfcc::escaped_cert(id))),
+            fallback_host: self
+                .cfg
+                .fallback_host
+                .clone()
+                .or_else(|| id.server_name.clone()),
+        };
+        Some(Box::new(ProxyHandler {
+            limits: HeadLimits {
+                max_request_line: self.cfg.max_request_line,
+                max_head: self.cfg.max_head,
+                max_headers: self.cfg.max_headers,
+            },
+            cfg: Arc::clone(&self.cfg),
+            added,
+            remote: peer.remote,
+            inbuf: Vec::new(),
+            state: State::Idle,
+            close_after: false,
+        }))
+    }
+}
+
+/// One client connection.
+struct ProxyHandler {
+    cfg: Arc<HttpProxyConfig>,
+    limits: HeadLimits,
+    added: Added,
+    remote: SocketAddr,
+    /// Client bytes not yet taken: a head in progress, or pipelined requests.
+    inbuf: Vec<u8>,
+    state: State,
+    /// Close after the exchange in flight (the peer closed, or the server drains).
+    close_after: bool,
+}
+
+/// Where the client connection is.
+enum State {
+    /// Waiting for a request head.
+    Idle,
+    /// A request is in flight.
+    Busy(Exchange),
+    /// Closing: nothing more is read or relayed.
+    Closed,
+}
+
+/// One request and its response.
+struct Exchange {
+    /// What remains of the request body.
+    req_body: Body,
+    /// The upstream head, kept for a retry while the request has no body and no response
+    /// byte has come.
+    retry_head: Option<Vec<u8>>,
+    /// Whether the upstream connection was taken from the pool, once known.
+    reused: Option<bool>,
+    head_method: bool,
+    minor: u8,
+    close: bool,
+    resp: Resp,
+    deadline: Instant,
+}
+
+/// The response side of an exchange.
+enum Resp {
+    /// Reading the response head (the bytes so far).
+    Head(Vec<u8>),
+    /// Relaying the body.
+    Body {
+        body: Body,
+        dechunk: bool,
+        close_client: bool,
+        reusable: bool,
+    },
+}
+
+impl Handler for ProxyHandler {
+    fn on_data(&mut self, data: &[u8], reply: &mut Reply) {
+        self.note_reused(reply);
+        match &mut self.state {
+            State::Closed => {}
+            State::Idle => {
+                self.inbuf.extend_from_slice(data);
+                self.next_request(reply);
+            }
+            State::Busy(ex) => {
+                ex.deadline = Instant::now() + self.cfg.upstream_timeout;
+                let body_done = ex.req_body.is_done();
+                let rest = if body_done {
+                    data
+                } else {
+                    match self.forward_body(data, reply) {
+                        Some(rest) => rest,
+                        None => return,
+                    }
+                };
+                if !rest.is_empty() {
+                    self.inbuf.extend_from_slice(rest);
+                    reply.pause_reading(true);
+                }
+                self.maybe_finish(reply);
+            }
+        }
+    }
+
+    fn on_peer_closed(&mut self, reply: &mut Reply) {
+        match &self.state {
+            State::Busy(ex) if ex.req_body.is_done() => self.close_after = true,
+            State::Busy(_) => self.abort(reply),
+            _ => {
+                self.state = State::Closed;
+                reply.close();
+            }
+        }
+    }
+
+    fn on_wake(&mut self, reply: &mut Reply) {
+        self.note_reused(reply);
+        let State::Busy(ex) = &self.state else {
+            return;
+        };
+        if Instant::now() < ex.deadline {
+            reply.wake_at(Some(ex.deadline));
+            return;
+        }
+        let secs = self.cfg.upstream_timeout.as_secs_f64();
+        if matches!(ex.resp, Resp::Head(_)) {
+            let cause = format!(
+                "upstream {} sent no response within {secs}s",
+                self.cfg.upstream
+            );
+            self.fail(reply, 504, &cause);
+        } else {
+            let cause = format!(
+                "upstream {} silent for {secs}s mid-response",
+                self.cfg.upstream
+            );
+            log_upstream(self.cfg.upstream, self.remote, 0, &cause);
+            self.abort(reply);
+        }
+    }
+
+    fn on_upstream_data(&mut self, data: &[u8], reply: &mut Reply) {
+        self.note_reused(reply);
+        let State::Busy(ex) = &mut self.state else {
+            return;
+        };
+        ex.deadline = Instant::now() + self.cfg.upstream_timeout;
+        ex.retry_head = None;
+        let mut data = data;
+        loop {
+            let State::Busy(ex) = &mut self.state else {
+                return;
+            };
+            match &mut ex.resp {
+                Resp::Head(buf) => {
+                    buf.extend_from_slice(data);
+                    let side = response::Exchange {
+                        head_method: ex.head_method,
+                        minor: ex.minor,
+                        close: ex.close || self.close_after || !ex.req_body.is_done(),
+                    };
+                    let parsed = match response::parse(buf, &side) {
+                        Ok(Some(r)) => r,
+                        Ok(None) => return,
+                        Err(cause) => {
+                            let cause = format!("upstream {}: {cause}", self.cfg.upstream);
+                            self.fail(reply, 502, &cause);
+                            return;
+                        }
+                    };
+                    reply.write(&parsed.client_head);
+                    let rest = buf.split_off(parsed.head_len);
+                    if parsed.interim {
+                        // What followed the interim head is parsed as the next head.
+                        ex.resp = Resp::Head(rest);
+                        data = &[];
+                        continue;
+                    }
+                    ex.resp = Resp::Body {
+                        body: parsed.body,
+                        dechunk: parsed.dechunk,
+                        close_client: parsed.close_client,
+                        reusable: parsed.reusable,
+                    };
+                    self.relay_body(&rest, reply);
+                    return;
+                }
+                Resp::Body { .. } => {
+                    self.relay_body(data, reply);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_upstream_closed(&mut self, end: UpstreamEnd, reply: &mut Reply) {
+        let State::Busy(ex) = &mut self.state else {
+            return;
+        };
+        let addr = self.cfg.upstream;
+        match &mut ex.resp {
+            Resp::Head(buf) => {
+                let nothing = buf.is_empty();
+                let stale = !matches!(end, UpstreamEnd::ConnectFailed(_));
+                let reused = ex.reused.or(reply.upstream_reused()) == Some(true);
+                if nothing && stale && reused {
+                    if let Some(head) = ex.retry_head.take() {
+                        info!(
+                            target: "onerecord::upstream",
+                            upstream:% = addr, remote:% = self.remote;
+                            "pooled upstream connection closed before a response; retrying on a new one"
+                        );
+                        ex.reused = Some(false);
+                        reply.upstream_open(addr, true);
+                        reply.upstream_write(&head);
+                        ex.deadline = Instant::now() + self.cfg.upstream_timeout;
+                        reply.wake_at(Some(ex.deadline));
+                        // One retry (the head is not kept): a second failure is a 502.
+                        return;
+                    }
+                }
+                let cause = match end {
+                    UpstreamEnd::ConnectFailed(e) => format!("upstream {addr} unreachable: {e}"),
+                    UpstreamEnd::Eof => {
+                        format!("upstream {addr} closed the connection before a response")
+                    }
+                    UpstreamEnd::Failed(e) => {
+                        format!("upstream {addr} failed before a response: {e}")
+                    }
+                };
+                self.fail(reply, 502, &cause);
+            }
+            Resp::Body { body, .. } if *body == Body::UntilClose => {
+                if let UpstreamEnd::Failed(e) = end {
+                    let cause = format!("upstream {addr} failed mid-response: {e}");
+                    log_upstream(addr, self.remote, 0, &cause);
+                }
+                // The end of a close-delimited body: the client connection closes after it.
+                self.state = State::Closed;
+                reply.close();
+            }
+            Resp::Body { .. } => {
+                let cause = match end {
+                    UpstreamEnd::Failed(e) => format!("upstream {addr} failed mid-response: {e}"),
+                    _ => format!("upstream {addr} closed the connection mid-response"),
+                };
+                log_upstream(addr, self.remote, 0, &cause);
+                self.state = State::Closed;
+                reply.close();
+            }
+        }
+    }
+
+    fn on_drain(&mut self, reply: &mut Reply) {
+        if matches!(self.state, State::Busy(_)) {
+            self.close_after = true;
+        } else {
+            self.state = State::Closed;
+            reply.close();
+        }
+    }
+}
+
+impl ProxyHandler {
+    /// Record whether the upstream connection of the exchange came from the pool (known
+    /// from the call after the one that opened it).
+    fn note_reused(&mut self, reply: &Reply) {
+        if let State::Busy(ex) = &mut self.state {
+            if ex.reused.is_none() {
+                ex.reused = reply.upstream_reused();
+            }
+        }
+    }
+
+    /// Start the requests waiting in `inbuf`, one at a time.
+    fn next_request(&mut self, reply: &mut Reply) {
+        // A client may send an empty line between requests (RFC 9112 2.2).
+        let blank = self.inbuf.chunks(2).take_while(|c| *c == b"\r\n").count();
+        self.inbuf.drain(..blank * 2);
+        if self.inbuf.is_empty() {
+            reply.pause_reading(false);
+            return;
+        }
+        let req = match request::parse(&self.inbuf, &self.limits, &self.added) {
+            Parsed::Partial => {
+                reply.pause_reading(false);
+                return;
+            }
+            Parsed::Refused(refusal) => {
+                info!(
+                    target: "onerecord::http",
+                    remote:% = self.remote, status = refusal.status,
+                    reason = refusal.reason.as_str();
+                    "request refused"
+                );
+                reply.write(&response::simple(refusal.status, &refusal.reason));
+                self.state = State::Closed;
+                self.inbuf = Vec::new();
+                reply.close();
+                return;
+            }
+            Parsed::Request(req) => req,
+        };
+        let rest = self.inbuf.split_off(req.head_len);
+        self.inbuf = Vec::new();
+        reply.upstream_open(self.cfg.upstream, false);
+        reply.upstream_write(&req.upstream_head);
+        let deadline = Instant::now() + self.cfg.upstream_timeout;
+        reply.wake_at(Some(deadline));
+        let no_body = req.body.is_done();
+        self.state = State::Busy(Exchange {
+            req_body: req.body,
+            retry_head: no_body.then_some(req.upstream_head),
+            reused: None,
+            head_method: req.head_method,
+            minor: req.minor,
+            close: req.close,
+            resp: Resp::Head(Vec::new()),
+            deadline,
+        });
+        let rest = if no_body {
+            &rest[..]
+        } else {
+            match self.forward_body(&rest, reply) {
+                Some(r) => r,
+                None => return,
+            }
+        };
+        self.inbuf.extend_from_slice(rest);
+        let body_done = matches!(&self.state, State::Busy(ex) if ex.req_body.is_done());
+        // Read on while the body streams; hold the next request until this one is answered.
+        reply.pause_reading(body_done);
+    }
+
+    /// Send the request-body part of `data` upstream; the bytes after the body (`None` when
+    /// the body was malformed and the connection is closing).
+    fn forward_body<'d>(&mut self, mut data: &'d [u8], reply: &mut Reply) -> Option<&'d [u8]> {
+        let State::Busy(ex) = &mut self.state else {
+            return None;
+        };
+        while !data.is_empty() && !ex.req_body.is_done() {
+            match ex.req_body.advance(data) {
+                Ok(step) => {
+                    reply.upstream_write(&data[..step.len]);
+                    data = &data[step.len..];
+                }
+                Err(e) => {
+                    let reason = format!("bad chunked request body: {e}");
+                    info!(
+                        target: "onerecord::http",
+                        remote:% = self.remote, status = 400, reason = reason.as_str();
+                        "request refused"
+                    );
+                    if matches!(ex.resp, Resp::Head(ref b) if b.is_empty()) {
+                        reply.write(&response::simple(400, &reason));
+                    }
+                    reply.upstream_release(false);
+                    reply.wake_at(None);
+                    self.state = State::Closed;
+                    reply.close();
+                    return None;
+                }
+            }
+        }
+        Some(data)
+    }
+
+    /// Relay response body bytes to the client; finish when the body ends.
+    fn relay_body(&mut self, mut data: &[u8], reply: &mut Reply) {
+        let State::Busy(ex) = &mut self.state else {
+            return;
+        };
+        let Resp::Body { body, dechunk, .. } = &mut ex.resp else {
+            return;
+        };
+        while !data.is_empty() && !body.is_done() {
+            match body.advance(data) {
+                Ok(step) => {
+                    if step.payload || !*dechunk {
+                        reply.write(&data[..step.len]);
+                    }
+                    data = &data[step.len..];
+                }
+                Err(e) => {
+                    let cause =
+                        format!("upstream {}: bad chunked response: {e}", self.cfg.upstream);
+                    log_upstream(self.cfg.upstream, self.remote, 0, &cause);
+                    self.abort(reply);
+                    return;
+                }
+            }
+        }
+        if body.is_done() {
+            self.maybe_finish(reply);
+        }
+    }
+
+    /// Close out the exchange when both the request and the response are complete (or the
+    /// response is complete and the client connection closes anyway).
+    fn maybe_finish(&mut self, reply: &mut Reply) {
+        let State::Busy(ex) = &mut self.state else {
+            return;
+        };
+        let (close_client, reusable) = match &ex.resp {
+            Resp::Body {
+                body,
+                close_client,
+                reusable,
+                ..
+            } if body.is_done() => (*close_client, *reusable),
+            _ => return,
+        };
+        if !ex.req_body.is_done() {
+            // The response came before the whole request body: the client connection
+            // closes after it (its head said so) and the upstream one is not reused.
+            reply.upstream_release(false);
+            reply.wake_at(None);
+            self.state = State::Closed;
+            reply.close();
+            return;
+        }
+        reply.upstream_release(reusable);
+        reply.wake_at(None);
+        if close_client || ex.close || self.close_after {
+            self.state = State::Closed;
+            reply.close();
+            return;
+        }
+        self.state = State::Idle;
+        self.next_request(reply);
+    }
+
+    /// Answer `status` with `cause` (logged), give up the upstream connection and close.
+    fn fail(&mut self, reply: &mut Reply, status: u16, cause: &str) {
+        log_upstream(self.cfg.upstream, self.remote, status, cause);
+        reply.write(&response::simple(status, cause));
+        reply.upstream_release(false);
+        reply.wake_at(None);
+        self.state = State::Closed;
+        reply.close();
+    }
+
+    /// Drop the exchange without an answer (a response has started or the request is
+    /// broken): close both connections.
+    fn abort(&mut self, reply: &mut Reply) {
+        reply.upstream_release(false);
+        reply.wake_at(None);
+        self.state = State::Closed;
+        reply.close();
+    }
+}
+
+/// The WARN line of an upstream failure (`onerecord::upstream`); `status` is what the client
+/// got (`0`: the client connection was closed instead).
+fn log_upstream(upstream: SocketAddr, remote: SocketAddr, status: u16, cause: &str) {
+    warn!(
+        target: "onerecord::upstream",
+        upstream:% = upstream, remote:% = remote, status = status, cause = cause;
+        "upstream failed"
+    );
+}

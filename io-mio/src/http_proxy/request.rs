@@ -120,6 +120,15 @@ const STRIPPED: &[&str] = &[
 /// Fields a `Connection` option cannot remove.
 const FRAMING: &[&str] = &["host", "content-length", "transfer-encoding"];
 
+/// `true` for a field the proxy removes, sets or checks itself (a lowercase name): not a
+/// name for the configured client-certificate field.
+pub(crate) fn is_managed(lower: &str) -> bool {
+    STRIPPED.contains(&lower)
+        || FRAMING.contains(&lower)
+        || lower == "x-forwarded-for"
+        || lower == "expect"
+}
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 /// Parse and rewrite the request head at the start of `buf`.
