@@ -45,6 +45,57 @@ pub enum Backend {
         /// Send a PROXY v2 header with the verified identity first.
         proxy_protocol: bool,
     },
+    /// One backend per site, chosen after the handshake by the server name (SNI) the client
+    /// sent, with the matching of [`ServerPolicies::select`]: the exact name, then a `*.`
+    /// wildcard for its parent, then the default.
+    BySni(SniBackends),
+}
+
+/// Backends by server name (see [`Backend::BySni`]). Give it the same names as the
+/// listener's [`ServerPolicies`], so that every site a handshake can select has a backend.
+#[derive(Clone, Default)]
+pub struct SniBackends {
+    names: Vec<(String, Backend)>,
+    default: Option<Box<Backend>>,
+}
+
+impl SniBackends {
+    /// A set with an optional default backend (used when no name matches or no SNI was sent).
+    pub fn new(default: Option<Backend>) -> Self {
+        Self {
+            names: Vec::new(),
+            default: default.map(Box::new),
+        }
+    }
+
+    /// Serve `name` (a DNS name, or `*.` followed by one; compared without regard to case)
+    /// with `backend`. A name given twice keeps the first.
+    pub fn with_name(mut self, name: &str, backend: Backend) -> Self {
+        let lower = name.to_ascii_lowercase();
+        if !self.names.iter().any(|(n, _)| *n == lower) {
+            self.names.push((lower, backend));
+        }
+        self
+    }
+
+    /// The backend for `sni` (`None`: the client sent no server name).
+    pub fn select(&self, sni: Option<&str>) -> Option<&Backend> {
+        let Some(sni) = sni else {
+            return self.default.as_deref();
+        };
+        let exact = self.names.iter().find(|(n, _)| n.eq_ignore_ascii_case(sni));
+        let wildcard = || {
+            let (_, parent) = sni.split_once('.')?;
+            self.names.iter().find(|(n, _)| {
+                n.strip_prefix("*.")
+                    .is_some_and(|p| p.eq_ignore_ascii_case(parent))
+            })
+        };
+        exact
+            .or_else(wildcard)
+            .map(|(_, b)| b)
+            .or(self.default.as_deref())
+    }
 }
 
 /// One listening address.
@@ -74,6 +125,11 @@ pub struct Limits {
     /// sending side (backpressure). With the session's own bounded buffers this bounds the
     /// memory of one connection.
     pub max_buffered: usize,
+    /// Kept-alive upstream connections (see [`crate::Reply::upstream_open`]) each worker
+    /// keeps idle per upstream address; beyond it the oldest idle one is closed.
+    pub upstream_idle_max: usize,
+    /// An idle pooled upstream connection is closed after this long.
+    pub upstream_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -84,6 +140,8 @@ impl Default for Limits {
             linger: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(10),
             max_buffered: 64 * 1024,
+            upstream_idle_max: 32,
+            upstream_idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -103,4 +161,42 @@ pub struct ServerConfig {
     /// once, without `SO_REUSEPORT`, and held exclusively: [`crate::start`] fails with
     /// `AddrInUse` when another socket listens there, and no later process can join.
     pub reuse_port: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(b: Option<&Backend>) -> Option<u16> {
+        match b? {
+            Backend::Upstream { addr, .. } => Some(addr.port()),
+            _ => None,
+        }
+    }
+
+    fn up(port: u16) -> Backend {
+        Backend::Upstream {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            proxy_protocol: false,
+        }
+    }
+
+    #[test]
+    fn sites_are_selected_as_policies_are() {
+        let sites = SniBackends::new(Some(up(1)))
+            .with_name("Secure.Example", up(2))
+            .with_name("*.partners.example", up(3))
+            .with_name("a.partners.example", up(4));
+        assert_eq!(port(sites.select(Some("secure.example"))), Some(2));
+        assert_eq!(port(sites.select(Some("SECURE.example"))), Some(2));
+        assert_eq!(port(sites.select(Some("b.partners.example"))), Some(3));
+        assert_eq!(port(sites.select(Some("a.partners.example"))), Some(4));
+        // A wildcard covers one label only.
+        assert_eq!(port(sites.select(Some("x.b.partners.example"))), Some(1));
+        assert_eq!(port(sites.select(Some("partners.example"))), Some(1));
+        assert_eq!(port(sites.select(None)), Some(1));
+        let strict = SniBackends::new(None).with_name("secure.example", up(2));
+        assert!(strict.select(Some("other.example")).is_none());
+        assert!(strict.select(None).is_none());
+    }
 }

@@ -7,6 +7,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use log::{debug, warn};
@@ -17,9 +18,19 @@ use onerecord_tls::{Event, Now, Reason, Session, Time};
 use crate::audit::{End, log_access, log_close, log_refused, partner_failed};
 use crate::config::{Backend, Limits, Mode};
 use crate::metrics::Counters;
+use crate::pool::{Lent, Pool};
 use crate::queue::Queue;
-use crate::service::{Handler, Peer, Reply};
+use crate::service::{Handler, Peer, Reply, ReplyWaker, UpstreamEnd, UpstreamOp, WakeQueue};
 use crate::table::{Key, Side};
+
+/// What a wakeup of a connection may use of its worker.
+pub(crate) struct Ctx<'a> {
+    pub(crate) registry: &'a Registry,
+    pub(crate) pool: &'a mut Pool,
+    pub(crate) counters: &'a mut Counters,
+    pub(crate) limits: &'a Limits,
+    pub(crate) wake: &'a Arc<WakeQueue>,
+}
 
 /// The body of the `400` answer to plaintext HTTP on a TLS port.
 pub const PLAINTEXT_BODY: &str =
@@ -42,7 +53,7 @@ pub(crate) struct Sock {
 }
 
 impl Sock {
-    fn new(stream: TcpStream, connected: bool) -> Self {
+    pub(crate) fn new(stream: TcpStream, connected: bool) -> Self {
         Self {
             stream,
             readable: connected,
@@ -61,6 +72,30 @@ impl Sock {
         if event.is_writable() || event.is_write_closed() || event.is_error() {
             self.writable = true;
         }
+    }
+
+    /// The socket, to register or deregister it.
+    pub(crate) fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// Connected, both directions open, nothing known to be pending: it may carry another
+    /// exchange.
+    ///
+    /// A socket that may have unread input is read once: anything there (bytes the exchange
+    /// did not account for, or the end of stream) makes it unfit.
+    pub(crate) fn reusable(&mut self) -> bool {
+        if !(self.connected && !self.eof && !self.write_closed) {
+            return false;
+        }
+        if self.readable {
+            let mut probe = [0u8; 1];
+            match self.stream.read(&mut probe) {
+                Err(e) if is_would_block(&e) => self.readable = false,
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// After an event on a socket still connecting: did the connect complete or fail?
@@ -281,6 +316,19 @@ pub(crate) struct Conn {
     opened: Instant,
     /// Why the connection ended, as first known (audit; see [`End`]).
     end: Option<End>,
+    /// The handler's upstream connection, lent by the worker's pool; `to_plain` holds the
+    /// bytes for it.
+    up: Option<Lent>,
+    /// An end of the handler's upstream connection not yet told to the handler.
+    up_closed: Option<UpstreamEnd>,
+    /// The handler's timer ([`Reply::wake_at`]).
+    timer: Option<Instant>,
+    /// The handler's waker was woken.
+    pub(crate) woken: bool,
+    /// A graceful drain began and the handler has not been told.
+    drain_pending: bool,
+    /// The handler paused reading from the peer.
+    paused: bool,
 }
 
 impl Conn {
@@ -354,6 +402,12 @@ impl Conn {
             queued: false,
             opened: now,
             end: None,
+            up: None,
+            up_closed: None,
+            timer: None,
+            woken: false,
+            drain_pending: false,
+            paused: false,
         }
     }
 
@@ -375,11 +429,17 @@ impl Conn {
         }
     }
 
-    /// The socket of `side`, if it exists.
-    pub(crate) fn sock(&mut self, side: Side) -> Option<&mut Sock> {
+    /// The socket of `side`, if it exists (for [`Side::Upstream`]: the lent upstream
+    /// connection, when it is the one in pool slot `slot`).
+    pub(crate) fn sock(&mut self, side: Side, slot: Option<Key>) -> Option<&mut Sock> {
         match side {
             Side::Tls => Some(&mut self.tls),
             Side::Plain => self.plain.as_mut(),
+            Side::Upstream => self
+                .up
+                .as_mut()
+                .filter(|u| Some(u.slot) == slot)
+                .map(|u| &mut u.sock),
         }
     }
 
@@ -442,7 +502,10 @@ impl Conn {
         if self.session.is_established() {
             self.ended(End::Drain);
         }
-        if self.session.is_established()
+        if self.session.is_established() && matches!(self.app, App::Handler(_)) {
+            // The handler decides (by default it closes): told at the next wakeup.
+            self.drain_pending = true;
+        } else if self.session.is_established()
             && self.plain.is_some()
             && matches!(self.mode, Mode::Terminate { .. })
         {
@@ -466,7 +529,36 @@ impl Conn {
         } else if !self.session.is_established() {
             self.session.poll_timeout().map(|t| t.to_std().max(now))
         } else {
-            Some(self.last_activity + limits.idle_timeout)
+            let idle = self.last_activity + limits.idle_timeout;
+            Some(self.timer.map_or(idle, |t| t.max(now).min(idle)))
+        }
+    }
+
+    /// The connection is going away: close its upstream connection and tell the handler.
+    pub(crate) fn closed(&mut self, registry: &Registry, pool: &mut Pool) {
+        if let Some(lent) = self.up.take() {
+            pool.close(lent, registry);
+        }
+        if let App::Handler(h) = &mut self.app {
+            h.on_closed();
+        }
+    }
+
+    /// A fresh [`Reply`] for a handler call: what is queued and the waker.
+    fn reply(&self, wake: &Arc<WakeQueue>) -> Reply {
+        Reply {
+            backlog: self.to_tls.len(),
+            waker: Some(ReplyWaker {
+                key: self.key,
+                queue: Some(wake.clone()),
+            }),
+            upstream_reused: self.up.as_ref().map(|u| u.reused),
+            upstream_backlog: if self.up.is_some() {
+                self.to_plain.len()
+            } else {
+                0
+            },
+            ..Reply::default()
         }
     }
 
@@ -507,36 +599,32 @@ impl Conn {
 }
 
 /// Everything one wakeup does for one connection, in the session's drain order.
-pub(crate) fn drive(
-    c: &mut Conn,
-    wake: Wake,
-    now: Instant,
-    limits: &Limits,
-    counters: &mut Counters,
-) -> Done {
-    if let Some(done) = timers_and_linger(c, wake, now, limits, counters) {
+pub(crate) fn drive(c: &mut Conn, wake: Wake, now: Instant, ctx: &mut Ctx<'_>) -> Done {
+    if let Some(done) = timers_and_linger(c, wake, now, ctx.limits, ctx.counters) {
         return done;
     }
-    if let Some(done) = connects(c, counters) {
+    if let Some(done) = connects(c, ctx.counters) {
         return done;
     }
     let tls_now = Now::new(Time::now(), onerecord_tls::Instant::from_std(now));
     let mut upstream = None;
     for round in 0..ROUNDS {
         let mut progress = round == 0;
-        progress |= read_tls(c, now, limits, counters);
+        progress |= read_tls(c, now, ctx.limits, ctx.counters);
         if progress && !c.session.is_terminal() {
-            run_session(c, tls_now, counters, &mut upstream);
+            progress |= run_session(c, tls_now, ctx, now, &mut upstream);
         }
+        progress |= handler_notes(c, now, ctx);
         progress |= feed_plaintext(c, tls_now);
-        match write_tls(c, counters) {
+        match write_tls(c, ctx.counters) {
             Ok(p) => progress |= p,
             Err(done) => return done,
         }
-        match pump_plain(c, now, limits, counters) {
+        match pump_plain(c, now, ctx.limits, ctx.counters) {
             Ok(p) => progress |= p,
             Err(done) => return done,
         }
+        progress |= pump_upstream(c, now, ctx);
         if !progress || (c.session.is_terminal() && c.flushed()) {
             break;
         }
@@ -544,7 +632,184 @@ pub(crate) fn drive(
     if let Some(addr) = upstream {
         return Done::ConnectUpstream(addr);
     }
-    finish(c, now, limits)
+    finish(c, now, ctx.limits)
+}
+
+/// Call the connection's handler, if it has one, with a fresh [`Reply`], then carry out
+/// what it asked. `true` when that changed anything.
+fn call(
+    c: &mut Conn,
+    now: Instant,
+    ctx: &mut Ctx<'_>,
+    f: impl FnOnce(&mut dyn Handler, &mut Reply),
+) -> bool {
+    let mut reply = c.reply(ctx.wake);
+    let App::Handler(h) = &mut c.app else {
+        return false;
+    };
+    f(h.as_mut(), &mut reply);
+    apply(c, reply, now, ctx)
+}
+
+/// Carry out a handler's [`Reply`]: output, close, timer, pause, and the upstream
+/// connection's requests in the order they were made. `true` when anything changed.
+fn apply(c: &mut Conn, reply: Reply, now: Instant, ctx: &mut Ctx<'_>) -> bool {
+    let Reply {
+        out,
+        close,
+        wake_at,
+        pause,
+        upstream,
+        ..
+    } = reply;
+    let mut progress = false;
+    if !out.is_empty() {
+        c.to_tls.append(out);
+        progress = true;
+    }
+    if close {
+        c.life.close_after_flush();
+        progress = true;
+    }
+    if let Some(t) = wake_at {
+        c.timer = t;
+    }
+    if let Some(p) = pause
+        && p != c.paused
+    {
+        c.paused = p;
+        progress = true;
+    }
+    for op in upstream {
+        progress = true;
+        match op {
+            UpstreamOp::Open { addr, fresh } => {
+                if let Some(lent) = c.up.take() {
+                    ctx.pool.close(lent, ctx.registry);
+                }
+                c.to_plain = Queue::default();
+                c.up_closed = None;
+                match ctx
+                    .pool
+                    .lend(addr, fresh, c.key, ctx.registry, ctx.counters)
+                {
+                    Ok(lent) => c.up = Some(lent),
+                    Err(e) => {
+                        ctx.counters.upstream_errors += 1;
+                        c.up_closed = Some(UpstreamEnd::ConnectFailed(e));
+                    }
+                }
+            }
+            UpstreamOp::Write(v) => {
+                if c.up.is_some() {
+                    c.to_plain.append(v);
+                }
+            }
+            UpstreamOp::Release { reuse } => {
+                if let Some(lent) = c.up.take() {
+                    let reuse = reuse && c.to_plain.is_empty();
+                    c.to_plain = Queue::default();
+                    ctx.pool
+                        .give_back(lent, reuse, now, ctx.limits, ctx.registry);
+                }
+            }
+        }
+    }
+    progress
+}
+
+/// Tell the handler what happened besides data: a drain began, its waker or timer fired, its
+/// upstream connection ended. `true` when its answer changed anything.
+fn handler_notes(c: &mut Conn, now: Instant, ctx: &mut Ctx<'_>) -> bool {
+    if !matches!(c.app, App::Handler(_)) {
+        return false;
+    }
+    let mut progress = false;
+    if c.drain_pending {
+        c.drain_pending = false;
+        progress |= call(c, now, ctx, |h, r| h.on_drain(r));
+    }
+    let due = c.timer.is_some_and(|t| t <= now);
+    if c.woken || due {
+        c.woken = false;
+        if due {
+            c.timer = None;
+        }
+        progress |= call(c, now, ctx, |h, r| h.on_wake(r));
+    }
+    if let Some(end) = c.up_closed.take() {
+        progress |= call(c, now, ctx, |h, r| h.on_upstream_closed(end, r));
+    }
+    progress
+}
+
+/// The handler's upstream connection: finish connecting, write what is queued for it, read
+/// what it sends while the peer's side has room and hand it to the handler. `true` on
+/// progress.
+fn pump_upstream(c: &mut Conn, now: Instant, ctx: &mut Ctx<'_>) -> bool {
+    let Some(u) = c.up.as_mut() else {
+        return false;
+    };
+    let mut progress = false;
+    if !u.sock.connected {
+        if !(u.sock.writable || u.sock.readable) {
+            return false;
+        }
+        if let Err(e) = u.sock.check_connected() {
+            return upstream_failed(c, now, ctx, UpstreamEnd::ConnectFailed(e));
+        }
+        if !u.sock.connected {
+            return false;
+        }
+        progress = true;
+    }
+    while u.sock.writable && !c.to_plain.is_empty() {
+        match u.sock.stream.write(c.to_plain.pending()) {
+            Ok(0) => u.sock.writable = false,
+            Ok(n) => {
+                c.to_plain.consume(n);
+                progress = true;
+            }
+            Err(e) if is_would_block(&e) => u.sock.writable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return upstream_failed(c, now, ctx, UpstreamEnd::Failed(e)),
+        }
+    }
+    let can_take = c.to_tls.len() < ctx.limits.max_buffered
+        && c.session.transmit().len() < ctx.limits.max_buffered
+        && !c.session.close_sent()
+        && !c.session.is_terminal();
+    if u.sock.readable && can_take {
+        let mut buf = [0u8; 16 * 1024];
+        match u.sock.stream.read(&mut buf) {
+            Ok(0) => {
+                u.sock.eof = true;
+                return upstream_failed(c, now, ctx, UpstreamEnd::Eof);
+            }
+            Ok(n) => {
+                c.last_activity = now;
+                call(c, now, ctx, |h, r| h.on_upstream_data(&buf[..n], r));
+                progress = true;
+            }
+            Err(e) if is_would_block(&e) => u.sock.readable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+            Err(e) => return upstream_failed(c, now, ctx, UpstreamEnd::Failed(e)),
+        }
+    }
+    progress
+}
+
+/// The handler's upstream connection ended: close it and tell the handler.
+fn upstream_failed(c: &mut Conn, now: Instant, ctx: &mut Ctx<'_>, end: UpstreamEnd) -> bool {
+    if let Some(lent) = c.up.take() {
+        ctx.pool.close(lent, ctx.registry);
+    }
+    c.to_plain = Queue::default();
+    if !matches!(end, UpstreamEnd::Eof) {
+        ctx.counters.upstream_errors += 1;
+    }
+    call(c, now, ctx, |h, r| h.on_upstream_closed(end, r));
+    true
 }
 
 /// A timer fired (linger over, or idle), or the connection lingers: handle that first.
@@ -611,7 +876,8 @@ fn connects(c: &mut Conn, counters: &mut Counters) -> Option<Done> {
 /// Phase 1, read TLS: bytes in, while the plaintext queues have room. `true` on progress.
 fn read_tls(c: &mut Conn, now: Instant, limits: &Limits, counters: &mut Counters) -> bool {
     let input_ok = c.to_plain.len() < limits.max_buffered && c.to_tls.len() < limits.max_buffered;
-    if !(c.tls.connected && c.tls.readable && !c.tls.eof && !c.session.is_terminal() && input_ok) {
+    let can_read = c.tls.connected && c.tls.readable && !c.tls.eof && !c.paused;
+    if !can_read || c.session.is_terminal() || !input_ok {
         return false;
     }
     let buf = c.session.receive_buffer();
@@ -646,13 +912,19 @@ fn read_tls(c: &mut Conn, now: Instant, limits: &Limits, counters: &mut Counters
 /// Phase 2, run the session: process what was received and route its events; the end of the TLS
 /// stream without `close_notify` is reported to it. `upstream` is set when the handshake finished
 /// and the stream goes to a TCP upstream.
-fn run_session(c: &mut Conn, now: Now, counters: &mut Counters, upstream: &mut Option<SocketAddr>) {
+fn run_session(
+    c: &mut Conn,
+    now: Now,
+    ctx: &mut Ctx<'_>,
+    at: Instant,
+    upstream: &mut Option<SocketAddr>,
+) -> bool {
+    let mut reply = c.reply(ctx.wake);
+    let counters = &mut *ctx.counters;
     let Conn {
         session,
         app,
-        life,
         to_plain,
-        to_tls,
         mode,
         remote,
         local,
@@ -661,7 +933,6 @@ fn run_session(c: &mut Conn, now: Now, counters: &mut Counters, upstream: &mut O
         end,
         ..
     } = c;
-    let mut reply = Reply::default();
     let mut peer_closed = false;
     let mut close = false;
     let res = session.process(now, |ev| match ev {
@@ -669,8 +940,8 @@ fn run_session(c: &mut Conn, now: Now, counters: &mut Counters, upstream: &mut O
             counters.handshake(id.version, id.resumed(), opened.elapsed());
             log_access(mode, *remote, *local, id);
             match mode {
-                Mode::Terminate { backend, .. } => match backend {
-                    Backend::Service(service) => {
+                Mode::Terminate { backend, .. } => match site_backend(backend, id) {
+                    Some(Backend::Service(service)) => {
                         let peer = Peer {
                             identity: id,
                             remote: *remote,
@@ -690,10 +961,10 @@ fn run_session(c: &mut Conn, now: Now, counters: &mut Counters, upstream: &mut O
                             }
                         }
                     }
-                    Backend::Upstream {
+                    Some(Backend::Upstream {
                         addr,
                         proxy_protocol,
-                    } => {
+                    }) => {
                         if *proxy_protocol {
                             match crate::proxy::header(*remote, *local, id) {
                                 Ok(h) => to_plain.extend(&h),
@@ -702,6 +973,17 @@ fn run_session(c: &mut Conn, now: Now, counters: &mut Counters, upstream: &mut O
                         }
                         *upstream = Some(*addr);
                         *app = App::Plain;
+                    }
+                    Some(Backend::BySni(_)) | None => {
+                        // A site without a backend: a configuration the caller should not
+                        // have made (see `SniBackends`); refuse rather than guess.
+                        warn!(
+                            "no backend for server name {:?} on listener {listener}; closing",
+                            id.server_name
+                        );
+                        counters.refused_by_service += 1;
+                        *app = App::Refused;
+                        close = true;
                     }
                 },
                 Mode::Originate { .. } => *app = App::Plain,
@@ -721,21 +1003,22 @@ fn run_session(c: &mut Conn, now: Now, counters: &mut Counters, upstream: &mut O
     if peer_closed {
         match app {
             App::Handler(h) => h.on_peer_closed(&mut reply),
-            _ => close |= closes_with_peer(mode),
+            // A proxied stream forwards the peer's close_notify as a half-close of the plain
+            // side; our close_notify follows when the plain side ends.
+            App::Plain => {}
+            App::Waiting | App::Refused => close = true,
         }
     }
-    if !reply.out.is_empty() {
-        to_tls.append(core::mem::take(&mut reply.out));
+    if close {
+        c.life.close_after_flush();
     }
-    if close || reply.close {
-        life.close_after_flush();
-    }
+    let progress = apply(c, reply, at, ctx);
     if res.is_err() {
         if let Some(err) = c.session.error()
             && matches!(err.reason(), Reason::PlaintextHttp)
         {
             // Plaintext HTTP on the TLS port: the answer is a plain `400`, written raw.
-            counters.plaintext_http += 1;
+            ctx.counters.plaintext_http += 1;
             c.raw_out.extend(plaintext_400().as_bytes());
         }
         note_failure(c);
@@ -743,6 +1026,15 @@ fn run_session(c: &mut Conn, now: Now, counters: &mut Counters, upstream: &mut O
     if c.tls.eof && !c.session.is_terminal() && !c.session.peer_closed() {
         let _ = c.session.received_eof();
         note_failure(c);
+    }
+    progress
+}
+
+/// The backend of the site the handshake selected (see [`Backend::BySni`]).
+fn site_backend<'a>(backend: &'a Backend, id: &onerecord_tls::PeerIdentity) -> Option<&'a Backend> {
+    match backend {
+        Backend::BySni(sites) => sites.select(id.server_name.as_deref()),
+        other => Some(other),
     }
 }
 
@@ -955,10 +1247,24 @@ fn finish(c: &mut Conn, now: Instant, limits: &Limits) -> Done {
     // Work left that readiness will not announce again.
     let more_input = c.tls.readable
         && !c.tls.eof
+        && !c.paused
         && !c.session.is_terminal()
         && c.to_plain.len() < limits.max_buffered
         && c.to_tls.len() < limits.max_buffered;
-    if more_input {
+    // The plain side or the upstream had more to read when the rounds ran out.
+    let room = c.to_tls.len() < limits.max_buffered
+        && c.session.transmit().len() < limits.max_buffered
+        && !c.session.close_sent()
+        && !c.session.is_terminal();
+    let more_plain = room
+        && (c
+            .plain
+            .as_ref()
+            .is_some_and(|p| p.connected && p.readable && !p.eof)
+            || c.up
+                .as_ref()
+                .is_some_and(|u| u.sock.connected && u.sock.readable));
+    if more_input || more_plain {
         return Done::Again;
     }
     if c.session.is_established() && c.to_tls.is_empty() && flushed && c.to_plain.is_empty() {
@@ -1019,16 +1325,4 @@ fn note_failure(c: &mut Conn) {
         return;
     }
     log_refused(c.remote, c.session.server_name(), err);
-}
-
-/// A peer's close_notify in proxy modes is forwarded as a half-close of the plain side, and
-/// our close_notify follows when the plain side ends; in service mode the handler decides.
-fn closes_with_peer(mode: &Mode) -> bool {
-    !matches!(
-        mode,
-        Mode::Terminate {
-            backend: Backend::Upstream { .. },
-            ..
-        } | Mode::Originate { .. }
-    )
 }

@@ -83,6 +83,10 @@ pub struct Counters {
     pub idle_timeouts: u64,
     /// Failures to reach or talk to the upstream / remote.
     pub upstream_errors: u64,
+    /// New TCP connections to upstreams made for handlers (the pool had none idle).
+    pub upstream_connects: u64,
+    /// Upstream connections a handler got from the pool (no new TCP connection).
+    pub upstream_reuses: u64,
     /// `accept` failures other than "would block" (usually: out of file descriptors).
     pub accept_errors: u64,
     /// Connections finished (any way).
@@ -114,6 +118,8 @@ impl Counters {
         self.plaintext_http += o.plaintext_http;
         self.idle_timeouts += o.idle_timeouts;
         self.upstream_errors += o.upstream_errors;
+        self.upstream_connects += o.upstream_connects;
+        self.upstream_reuses += o.upstream_reuses;
         self.accept_errors += o.accept_errors;
         self.closed += o.closed;
     }

@@ -283,7 +283,7 @@ pub fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     for (id, listeners) in sockets.into_iter().enumerate() {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        wakers.push(waker);
+        wakers.push(waker.clone());
         let mut ls = Vec::new();
         for (i, std_l) in listeners.into_iter().enumerate() {
             let mut l = TcpListener::from_std(std_l);
@@ -291,7 +291,7 @@ pub fn start(config: ServerConfig) -> io::Result<ServerHandle> {
                 .register(&mut l, listener_token(i), Interest::READABLE)?;
             ls.push(l);
         }
-        let mut worker = Worker::new(id, poll, ls, shared.clone());
+        let mut worker = Worker::new(id, poll, ls, shared.clone(), waker.clone());
         let t = std::thread::Builder::new()
             .name(format!("onerecord-worker-{id}"))
             .spawn(move || worker.run())?;

@@ -10,7 +10,7 @@ use mio::Token;
 const INDEX_BITS: u32 = 21;
 /// Tokens at or above this value are reserved for listeners and the waker.
 pub(crate) const RESERVED: usize = 1 << (usize::BITS - 1);
-const GEN_MASK: usize = (RESERVED - 1) >> (INDEX_BITS + 1);
+const GEN_MASK: usize = (RESERVED - 1) >> (INDEX_BITS + SIDE_BITS);
 
 /// Which socket of a connection an event is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,7 +19,13 @@ pub(crate) enum Side {
     Tls = 0,
     /// The plaintext socket (upstream in server mode, the local client in client mode).
     Plain = 1,
+    /// A pooled upstream connection of a handler: the key is its slot in the worker's
+    /// upstream pool, not a connection.
+    Upstream = 2,
 }
+
+/// Bits of a token that hold the [`Side`].
+const SIDE_BITS: u32 = 2;
 
 /// A slot index plus the generation it was handed out with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -30,7 +36,11 @@ pub(crate) struct Key {
 
 impl Key {
     pub(crate) fn token(self, side: Side) -> Token {
-        Token((self.generation & GEN_MASK) << (INDEX_BITS + 1) | self.index << 1 | side as usize)
+        Token(
+            (self.generation & GEN_MASK) << (INDEX_BITS + SIDE_BITS)
+                | self.index << SIDE_BITS
+                | side as usize,
+        )
     }
 
     /// The key and side a connection token names, or `None` for reserved tokens.
@@ -38,9 +48,14 @@ impl Key {
         if t.0 >= RESERVED {
             return None;
         }
-        let side = if t.0 & 1 == 0 { Side::Tls } else { Side::Plain };
-        let index = (t.0 >> 1) & ((1 << INDEX_BITS) - 1);
-        let generation = t.0 >> (INDEX_BITS + 1);
+        let side = match t.0 & ((1 << SIDE_BITS) - 1) {
+            0 => Side::Tls,
+            1 => Side::Plain,
+            2 => Side::Upstream,
+            _ => return None,
+        };
+        let index = (t.0 >> SIDE_BITS) & ((1 << INDEX_BITS) - 1);
+        let generation = t.0 >> (INDEX_BITS + SIDE_BITS);
         Some((Self { index, generation }, side))
     }
 }
@@ -56,6 +71,12 @@ pub(crate) struct Slab<T> {
     slots: Vec<Slot<T>>,
     free: Vec<usize>,
     len: usize,
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl<T> Slab<T> {
@@ -184,6 +205,8 @@ mod tests {
         assert!(slab.get_mut(stale).is_none());
         let (fresh, side) = Key::from_token(b.token(Side::Tls)).unwrap();
         assert_eq!(side, Side::Tls);
+        let (up, side) = Key::from_token(b.token(Side::Upstream)).unwrap();
+        assert_eq!((up, side), (b, Side::Upstream));
         assert_eq!(slab.get_mut(fresh), Some(&mut "b"));
         assert_eq!(slab.len(), 1);
     }

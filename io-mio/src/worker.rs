@@ -15,12 +15,19 @@ use mio::{Events, Poll, Token};
 
 use crate::audit::End;
 use crate::config::{Limits, Mode};
-use crate::conn::{Conn, Done, Wake, drive};
+use crate::conn::{Conn, Ctx, Done, Wake, drive};
 use crate::metrics::{Counters, Metrics};
-use crate::table::{Deadlines, Key, RESERVED, Slab};
+use crate::pool::{Owner, Pool};
+use crate::service::WakeQueue;
+use crate::table::{Deadlines, Key, RESERVED, Side, Slab};
 
 /// The token of the worker's waker.
 pub(crate) const WAKER: Token = Token(usize::MAX);
+
+/// The pool slot an upstream token names (to check that the connection still holds it).
+fn key_slot(t: Token) -> Option<Key> {
+    Key::from_token(t).map(|(k, _)| k)
+}
 
 /// The token of listener `i`.
 pub(crate) fn listener_token(i: usize) -> Token {
@@ -52,6 +59,10 @@ pub(crate) struct Worker {
     accept_retry: Option<Instant>,
     /// When an accept failure was last logged, and how many were not logged since.
     accept_warned: Option<(Instant, u64)>,
+    /// Kept-alive upstream connections lent to handlers.
+    pool: Pool,
+    /// Connections whose handlers were woken from other threads.
+    wake: Arc<WakeQueue>,
 }
 
 impl Worker {
@@ -62,6 +73,7 @@ impl Worker {
         poll: Poll,
         listeners: Vec<TcpListener>,
         shared: Arc<Shared>,
+        waker: Arc<mio::Waker>,
     ) -> Self {
         let counters = shared.metrics.worker();
         Self {
@@ -77,6 +89,8 @@ impl Worker {
             draining: None,
             accept_retry: None,
             accept_warned: None,
+            pool: Pool::new(),
+            wake: Arc::new(WakeQueue::new(waker)),
         }
     }
 
@@ -114,19 +128,34 @@ impl Worker {
             for ev in events.iter() {
                 let t = ev.token();
                 if t == WAKER {
+                    for key in self.wake.take() {
+                        if let Some(c) = self.conns.get_mut(key) {
+                            c.woken = true;
+                            if !c.queued {
+                                c.queued = true;
+                                self.dirty.push(key);
+                            }
+                        }
+                    }
                     continue;
                 }
                 if t.0 >= RESERVED {
                     self.accept(t.0 - RESERVED);
                     continue;
                 }
-                let Some((key, side)) = Key::from_token(t) else {
+                let Some((mut key, side)) = Key::from_token(t) else {
                     continue;
                 };
+                if side == Side::Upstream {
+                    match self.pool.event(key, ev, self.poll.registry()) {
+                        Owner::Conn(owner) => key = owner,
+                        Owner::None => continue,
+                    }
+                }
                 let Some(c) = self.conns.get_mut(key) else {
                     continue; // stale token of a closed connection
                 };
-                if let Some(s) = c.sock(side) {
+                if let Some(s) = c.sock(side, key_slot(t)) {
                     s.ready(ev);
                 }
                 if !c.queued {
@@ -176,6 +205,9 @@ impl Worker {
 
     fn housekeeping(&mut self, now: Instant) {
         self.publish();
+        let all = self.draining.is_some();
+        self.pool
+            .sweep(now, &self.shared.limits, self.poll.registry(), all);
         if self.shared.shutdown.load(Ordering::Relaxed) && self.draining.is_none() {
             self.begin_drain(now);
         }
@@ -291,6 +323,7 @@ impl Worker {
             return;
         };
         c.log_close();
+        c.closed(self.poll.registry(), &mut self.pool);
         c.deregister(self.poll.registry());
         // The TLS bytes were counted as they passed (see `conn::drive`).
         let mut stats = c.stats().clone();
@@ -304,15 +337,21 @@ impl Worker {
     /// Advance one connection; remove it when it is finished.
     fn step(&mut self, key: Key, wake: Wake) {
         let now = Instant::now();
-        let limits = self.shared.limits.clone();
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        let mut done = drive(c, wake, now, &limits, &mut self.local);
+        let mut ctx = Ctx {
+            registry: self.poll.registry(),
+            pool: &mut self.pool,
+            counters: &mut self.local,
+            limits: &self.shared.limits,
+            wake: &self.wake,
+        };
+        let mut done = drive(c, wake, now, &mut ctx);
         if let Done::ConnectUpstream(addr) = done {
-            c.connect_upstream(self.poll.registry(), addr, &mut self.local);
+            c.connect_upstream(ctx.registry, addr, ctx.counters);
             // Drive again now that the upstream exists (its events will follow).
-            done = drive(c, Wake::Io, now, &limits, &mut self.local);
+            done = drive(c, Wake::Io, now, &mut ctx);
         }
         self.after_drive(key, done, now);
     }

@@ -279,6 +279,22 @@ impl Collector for Status {
                 ),
             ],
         )?;
+        family(
+            &mut enc,
+            "onerecord_upstream_connections",
+            "Upstream connections handed to HTTP exchanges: `new` (a TCP connection was made) \
+             or `reused` (a kept-alive one from the pool).",
+            [
+                (
+                    vec![l("kind", "new")],
+                    ConstCounter::new(c.upstream_connects),
+                ),
+                (
+                    vec![l("kind", "reused")],
+                    ConstCounter::new(c.upstream_reuses),
+                ),
+            ],
+        )?;
         one(
             &mut enc,
             "onerecord_connections_active",
