@@ -255,6 +255,8 @@ struct Exchange {
     retry_head: Option<Vec<u8>>,
     /// Whether the upstream connection was taken from the pool, once known.
     reused: Option<bool>,
+    /// The method is idempotent (RFC 9110 9.2.2).
+    idempotent: bool,
     head_method: bool,
     minor: u8,
     close: bool,
@@ -404,7 +406,13 @@ impl Handler for ProxyHandler {
             Resp::Head(buf) => {
                 let nothing = buf.is_empty();
                 let stale = !matches!(end, UpstreamEnd::ConnectFailed(_));
-                let reused = ex.reused.or(reply.upstream_reused()) == Some(true);
+                // Whether the connection came from the pool is known from the call after the
+                // one that opened it; when it ended before any, an idempotent request is
+                // retried (RFC 9110 9.2.2), another only when the pool is known to have lent it.
+                let reused = match ex.reused.or(reply.upstream_reused()) {
+                    Some(reused) => reused,
+                    None => ex.idempotent,
+                };
                 if nothing && stale && reused {
                     if let Some(head) = ex.retry_head.take() {
                         info!(
@@ -514,6 +522,7 @@ impl ProxyHandler {
             req_body: req.body,
             retry_head: no_body.then_some(req.upstream_head),
             reused: None,
+            idempotent: req.idempotent,
             head_method: req.head_method,
             minor: req.minor,
             close: req.close,

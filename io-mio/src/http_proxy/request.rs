@@ -81,6 +81,8 @@ pub(crate) struct Request {
     pub(crate) body: Body,
     /// `true` for HEAD (the response has no body).
     pub(crate) head_method: bool,
+    /// The method is idempotent (RFC 9110 9.2.2): it may be retried.
+    pub(crate) idempotent: bool,
     /// HTTP/1.x minor version of the client.
     pub(crate) minor: u8,
     /// The client asked to close after this exchange (or did not ask to keep it open, 1.0).
@@ -358,6 +360,9 @@ fn rewrite(head: &[u8], limits: &HeadLimits, added: &Added) -> Result<Request, R
         upstream_head: out,
         body,
         head_method: method.eq_ignore_ascii_case("HEAD"),
+        idempotent: ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]
+            .iter()
+            .any(|m| method.eq_ignore_ascii_case(m)),
         minor,
         close: if minor == 0 { !f.keep_alive } else { f.close },
     })
