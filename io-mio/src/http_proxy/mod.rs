@@ -670,3 +670,255 @@ fn log_upstream(upstream: SocketAddr, remote: SocketAddr, status: u16, cause: &s
         "upstream failed"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::UpstreamOp;
+
+    fn handler(timeout: Duration) -> ProxyHandler {
+        let mut cfg = HttpProxyConfig::new("127.0.0.1:8080".parse().unwrap());
+        cfg.upstream_timeout = timeout;
+        let proxy = HttpProxy::new(cfg).unwrap();
+        ProxyHandler {
+            limits: HeadLimits {
+                max_request_line: 8192,
+                max_head: 32768,
+                max_headers: 100,
+            },
+            cfg: proxy.cfg,
+            added: Added::default(),
+            remote: "192.0.2.1:5000".parse().unwrap(),
+            inbuf: Vec::new(),
+            state: State::Idle,
+            close_after: false,
+        }
+    }
+
+    /// The upstream operations of a reply, as text: `open`, `open fresh`, `write <bytes>`,
+    /// `release reuse`, `release`.
+    fn ops(reply: &Reply) -> Vec<String> {
+        reply
+            .upstream
+            .iter()
+            .map(|op| match op {
+                UpstreamOp::Open { fresh: false, .. } => "open".to_string(),
+                UpstreamOp::Open { fresh: true, .. } => "open fresh".to_string(),
+                UpstreamOp::Write(v) => format!("write {}", String::from_utf8_lossy(v)),
+                UpstreamOp::Release { reuse: true } => "release reuse".to_string(),
+                UpstreamOp::Release { reuse: false } => "release".to_string(),
+            })
+            .collect()
+    }
+
+    fn out(reply: &Reply) -> String {
+        String::from_utf8_lossy(&reply.out).into_owned()
+    }
+
+    const GET_A: &[u8] = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n";
+    const GET_B: &[u8] = b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n";
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    #[test]
+    fn a_pipelined_request_waits_for_the_response_before_it() {
+        let mut h = handler(Duration::from_secs(60));
+        let mut r = Reply::default();
+        h.on_data(&[GET_A, GET_B].concat(), &mut r);
+        let sent = ops(&r);
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert!(
+            sent[0] == "open" && sent[1].starts_with("write GET /a "),
+            "{sent:?}"
+        );
+        assert_eq!(r.pause, Some(true), "reading pauses while /a is in flight");
+
+        let mut r = Reply::default();
+        h.on_upstream_data(OK, &mut r);
+        assert_eq!(out(&r), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let sent = ops(&r);
+        assert_eq!(sent[..2], ["release reuse", "open"], "{sent:?}");
+        assert!(sent[2].starts_with("write GET /b "), "{sent:?}");
+        assert!(!r.close);
+    }
+
+    #[test]
+    fn a_stale_pooled_connection_is_retried_once_on_a_new_one_then_502() {
+        let mut h = handler(Duration::from_secs(60));
+        let mut r = Reply::default();
+        h.on_data(b"DELETE /a HTTP/1.1\r\nHost: h\r\n\r\n", &mut r);
+        // A later call learns that the connection came from the pool.
+        let mut r = Reply {
+            upstream_reused: Some(true),
+            ..Reply::default()
+        };
+        h.on_wake(&mut r);
+        let mut r = Reply::default();
+        h.on_upstream_closed(UpstreamEnd::Eof, &mut r);
+        let sent = ops(&r);
+        assert_eq!(sent[0], "open fresh", "{sent:?}");
+        assert!(sent[1].starts_with("write DELETE /a "), "{sent:?}");
+        assert!(r.out.is_empty() && !r.close);
+
+        let mut r = Reply::default();
+        h.on_upstream_closed(UpstreamEnd::Eof, &mut r);
+        assert!(
+            out(&r).starts_with("HTTP/1.1 502 Bad Gateway\r\n"),
+            "{}",
+            out(&r)
+        );
+        assert!(
+            out(&r).ends_with("upstream 127.0.0.1:8080 closed the connection before a response\n")
+        );
+        assert!(r.close);
+    }
+
+    #[test]
+    fn a_post_on_a_new_connection_is_not_retried() {
+        let mut h = handler(Duration::from_secs(60));
+        let mut r = Reply::default();
+        h.on_data(
+            b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+            &mut r,
+        );
+        let mut r = Reply::default();
+        h.on_upstream_closed(UpstreamEnd::Eof, &mut r);
+        assert!(!ops(&r).iter().any(|op| op.starts_with("open")), "{:?}", ops(&r));
+        assert!(out(&r).starts_with("HTTP/1.1 502 "), "{}", out(&r));
+    }
+
+    #[test]
+    fn no_response_head_within_the_timeout_gives_504_and_no_reuse() {
+        let mut h = handler(Duration::from_millis(1));
+        let mut r = Reply::default();
+        h.on_data(GET_A, &mut r);
+        assert!(matches!(r.wake_at, Some(Some(_))), "the deadline is armed");
+        std::thread::sleep(Duration::from_millis(5));
+        let mut r = Reply::default();
+        h.on_wake(&mut r);
+        assert!(
+            out(&r).starts_with("HTTP/1.1 504 Gateway Timeout\r\n"),
+            "{}",
+            out(&r)
+        );
+        assert_eq!(ops(&r), ["release"]);
+        assert!(r.close);
+    }
+
+    #[test]
+    fn an_early_timer_only_rearms_the_deadline() {
+        let mut h = handler(Duration::from_secs(60));
+        let mut r = Reply::default();
+        h.on_data(GET_A, &mut r);
+        let mut r = Reply::default();
+        h.on_wake(&mut r);
+        assert!(r.out.is_empty() && !r.close && ops(&r).is_empty());
+        assert!(matches!(r.wake_at, Some(Some(_))));
+    }
+
+    #[test]
+    fn a_response_before_the_whole_request_body_closes_both_sides() {
+        let mut h = handler(Duration::from_secs(60));
+        let mut r = Reply::default();
+        h.on_data(
+            b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc",
+            &mut r,
+        );
+        assert_eq!(r.pause, Some(false), "the body is still being read");
+        let mut r = Reply::default();
+        h.on_upstream_data(
+            b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n",
+            &mut r,
+        );
+        assert!(out(&r).contains("Connection: close\r\n"), "{}", out(&r));
+        assert_eq!(ops(&r), ["release"]);
+        assert!(r.close);
+    }
+
+    #[test]
+    fn close_notify_during_an_exchange_closes_after_the_response() {
+        let mut h = handler(Duration::from_secs(60));
+        let mut r = Reply::default();
+        h.on_data(GET_A, &mut r);
+        let mut r = Reply::default();
+        h.on_peer_closed(&mut r);
+        assert!(!r.close, "the response is still to come");
+        let mut r = Reply::default();
+        h.on_upstream_data(OK, &mut r);
+        assert!(out(&r).contains("Connection: close\r\n"), "{}", out(&r));
+        assert_eq!(ops(&r), ["release reuse"]);
+        assert!(r.close);
+    }
+
+    #[test]
+    fn interim_responses_are_relayed_and_the_final_one_follows_in_the_same_read() {
+        let mut h = handler(Duration::from_secs(60));
+        let mut r = Reply::default();
+        h.on_data(
+            b"PUT /a HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+            &mut r,
+        );
+        let mut r = Reply::default();
+        h.on_upstream_data(b"HTTP/1.1 100 Continue\r\n\r\n", &mut r);
+        assert_eq!(out(&r), "HTTP/1.1 100 Continue\r\n\r\n");
+        let mut r = Reply::default();
+        h.on_data(b"hi", &mut r);
+        assert_eq!(ops(&r), ["write hi"]);
+        let mut r = Reply::default();
+        h.on_upstream_data(
+            &[b"HTTP/1.1 103 Early Hints\r\nLink: </s>\r\n\r\n", OK].concat(),
+            &mut r,
+        );
+        assert_eq!(
+            out(&r),
+            "HTTP/1.1 103 Early Hints\r\nLink: </s>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        );
+        assert_eq!(ops(&r), ["release reuse"]);
+    }
+
+    #[test]
+    fn bad_configuration_is_refused_naming_the_field() {
+        let base = HttpProxyConfig::new("127.0.0.1:1".parse().unwrap());
+        let cases = [
+            (
+                HttpProxyConfig {
+                    client_cert_header: Some("x-cert\r\nx-evil".into()),
+                    ..base.clone()
+                },
+                "client_cert_header",
+            ),
+            (
+                HttpProxyConfig {
+                    client_cert_header: Some("X-Forwarded-For".into()),
+                    ..base.clone()
+                },
+                "client_cert_header",
+            ),
+            (
+                HttpProxyConfig {
+                    fallback_host: Some("a b".into()),
+                    ..base.clone()
+                },
+                "fallback_host",
+            ),
+            (
+                HttpProxyConfig {
+                    max_head: 0,
+                    ..base.clone()
+                },
+                "max_head",
+            ),
+            (
+                HttpProxyConfig {
+                    upstream_timeout: Duration::ZERO,
+                    ..base.clone()
+                },
+                "upstream_timeout",
+            ),
+        ];
+        for (cfg, field) in cases {
+            let err = HttpProxy::new(cfg).unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
+        assert!(HttpProxy::new(base).is_ok());
+    }
+}
