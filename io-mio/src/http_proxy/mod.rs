@@ -581,7 +581,13 @@ impl ProxyHandler {
         let State::Busy(ex) = &mut self.state else {
             return;
         };
-        let Resp::Body { body, dechunk, .. } = &mut ex.resp else {
+        let Resp::Body {
+            body,
+            dechunk,
+            reusable,
+            ..
+        } = &mut ex.resp
+        else {
             return;
         };
         while !data.is_empty() && !body.is_done() {
@@ -602,6 +608,8 @@ impl ProxyHandler {
             }
         }
         if body.is_done() {
+            // Bytes after the response: the upstream connection is out of step, not reused.
+            *reusable &= data.is_empty();
             self.maybe_finish(reply);
         }
     }
@@ -742,6 +750,17 @@ mod tests {
     }
 
     #[test]
+    fn an_upstream_connection_that_sends_more_than_the_response_is_not_reused() {
+        let mut h = handler(Duration::from_secs(60));
+        let mut r = Reply::default();
+        h.on_data(GET_A, &mut r);
+        let mut r = Reply::default();
+        h.on_upstream_data(&[OK, b"HTTP/1.1 200 OK\r\n"].concat(), &mut r);
+        assert_eq!(out(&r), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        assert_eq!(ops(&r), ["release"]);
+    }
+
+    #[test]
     fn a_stale_pooled_connection_is_retried_once_on_a_new_one_then_502() {
         let mut h = handler(Duration::from_secs(60));
         let mut r = Reply::default();
@@ -782,7 +801,11 @@ mod tests {
         );
         let mut r = Reply::default();
         h.on_upstream_closed(UpstreamEnd::Eof, &mut r);
-        assert!(!ops(&r).iter().any(|op| op.starts_with("open")), "{:?}", ops(&r));
+        assert!(
+            !ops(&r).iter().any(|op| op.starts_with("open")),
+            "{:?}",
+            ops(&r)
+        );
         assert!(out(&r).starts_with("HTTP/1.1 502 "), "{}", out(&r));
     }
 
