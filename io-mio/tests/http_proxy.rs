@@ -297,6 +297,38 @@ fn a_partner_certificate_reaches_the_upstream_as_xfcc_and_escaped_pem_and_forged
 }
 
 #[test]
+fn java_reads_both_certificate_fields_as_keycloaks_envoy_and_nginx_lookups_do() {
+    let up = Upstream::start();
+    let proxy = Proxy::start(proxy_to(&up));
+    let echo = proxy.curl_json(true, &[&proxy.url("/echo")]);
+    let xfcc = proxy.dir.join("xfcc.txt");
+    let escaped = proxy.dir.join("escaped.txt");
+    std::fs::write(&xfcc, header(&echo, "x-forwarded-client-cert")[0]).unwrap();
+    std::fs::write(&escaped, header(&echo, "x-ssl-client-cert")[0]).unwrap();
+    let java = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream/KeycloakLookups.java");
+    let out = Command::new("java")
+        .arg(java)
+        .arg(&xfcc)
+        .arg(&escaped)
+        .output()
+        .expect("java");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hash = Sha256::of(proxy.client.chain[0].as_ref());
+    assert_eq!(
+        text,
+        format!(
+            "envoy {hash} OU=cargo,O=ONE Record Test Org,CN=acme\n\
+             nginx {hash} OU=cargo,O=ONE Record Test Org,CN=acme\n"
+        )
+    );
+}
+
+#[test]
 fn an_anonymous_client_gets_no_identity_fields_even_when_it_forges_them() {
     let up = Upstream::start();
     let proxy = Proxy::start(proxy_to(&up));

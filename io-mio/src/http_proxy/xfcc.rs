@@ -9,8 +9,13 @@
 //! XFCC (Envoy's format, one element for the one proxy): `Hash=<hex SHA-256 of the leaf
 //! DER>;Cert="<URL-encoded PEM>";Subject="<RFC 4514 subject>";URI=<URI SAN>;DNS=<DNS SAN>`,
 //! one `URI=` per URI SAN and one `DNS=` per DNS SAN. `Cert` and `Subject` are always quoted
-//! (as Envoy writes them); any other value holding `,`, `;`, `=`, `"` or `\` is quoted too,
-//! and inside quotes `"` and `\` are escaped with `\`.
+//! (as Envoy writes them); any other value holding `,`, `=`, `"` or `\` is quoted too, and
+//! inside quotes `"` and `\` are escaped with `\`. A subject or SAN holding `;` is left out
+//! (see [`element`]): the certificate is always there in `Cert`.
+//!
+//! Readers: Keycloak's `x509cert-lookup` provider `envoy` takes `Cert` (or `Chain`) from
+//! this value, `nginx` takes the URL-encoded PEM field; both URL-decode with Java's
+//! `URLDecoder` (the tests run that with a real JVM).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -51,23 +56,38 @@ pub(crate) fn escaped_cert(id: &PeerIdentity) -> Option<String> {
 /// The XFCC value for the peer, when it presented a certificate.
 pub(crate) fn xfcc(id: &PeerIdentity) -> Option<String> {
     let leaf = id.chain.first()?;
-    let mut out = String::new();
-    let hash = onerecord_tls::Sha256::of(leaf.as_ref());
-    out.push_str(&format!("Hash={hash};Cert="));
-    quoted(&mut out, &url_encode(&pem(leaf.as_ref())));
-    if let Some(info) = &id.leaf {
+    let info = id.leaf.as_ref();
+    Some(element(
+        leaf.as_ref(),
+        info.map(|i| i.subject.as_str()),
+        info.map_or(&[], |i| &i.uris[..]),
+        info.map_or(&[], |i| &i.dns_names[..]),
+    ))
+}
+
+/// The XFCC element for a leaf (DER) with its parsed subject and SANs. A subject or SAN
+/// holding `;` is left out: Keycloak's `envoy` lookup splits the value at every `;`, quotes
+/// or not, so such a value could pass it a `Cert=` or `Chain=` of the partner's choosing.
+fn element(der: &[u8], subject: Option<&str>, uris: &[String], dns: &[String]) -> String {
+    let mut out = format!("Hash={};Cert=", onerecord_tls::Sha256::of(der));
+    quoted(&mut out, &url_encode(&pem(der)));
+    if let Some(subject) = subject.filter(|s| !s.contains(';')) {
         out.push_str(";Subject=");
-        quoted(&mut out, &info.subject);
-        for uri in &info.uris {
-            out.push_str(";URI=");
-            value(&mut out, uri);
-        }
-        for dns in &info.dns_names {
-            out.push_str(";DNS=");
-            value(&mut out, dns);
+        quoted(&mut out, subject);
+    }
+    for (key, v) in uris
+        .iter()
+        .map(|u| ("URI", u))
+        .chain(dns.iter().map(|d| ("DNS", d)))
+    {
+        if !v.contains(';') {
+            out.push(';');
+            out.push_str(key);
+            out.push('=');
+            value(&mut out, v);
         }
     }
-    Some(out)
+    out
 }
 
 /// A value, quoted when it holds a character XFCC uses as syntax.
@@ -106,6 +126,27 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(url_encode(input), want, "{input:?}");
         }
+    }
+
+    #[test]
+    fn the_element_has_envoys_keys_in_envoys_order() {
+        let der = [1u8, 2, 3];
+        let got = element(
+            &der,
+            Some("CN=acme,O=ACME \"Cargo\""),
+            &["https://a.example/x".into(), "urn:a;Cert=evil".into()],
+            &["a.example".into()],
+        );
+        let hash = onerecord_tls::Sha256::of(&der);
+        assert_eq!(
+            got,
+            format!(
+                "Hash={hash};Cert=\"-----BEGIN%20CERTIFICATE-----%0AAQID%0A-----END%20CERTIFICATE-----%0A\";\
+                 Subject=\"CN=acme,O=ACME \\\"Cargo\\\"\";URI=https://a.example/x;DNS=a.example"
+            )
+        );
+        let got = element(&der, Some("CN=x;Chain=evil"), &[], &[]);
+        assert!(!got.contains("Subject") && !got.contains("evil"), "{got}");
     }
 
     #[test]
