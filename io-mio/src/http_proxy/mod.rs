@@ -12,44 +12,7 @@
 //! chunked body ends, fed in any split) and `xfcc` (the client-certificate fields). The
 //! [`Handler`] here only moves bytes between them and the [`Reply`].
 //!
-//! # Per request
-//!
-//! - Refused with a short text body and `Connection: close`, then closed, never forwarded:
-//!   `400` for ambiguous or malformed framing (both `Content-Length` and
-//!   `Transfer-Encoding`; differing `Content-Length`s (identical repeats are merged);
-//!   `Content-Length` not plain digits; `Transfer-Encoding` other than exactly `chunked`,
-//!   `gzip, chunked` included; obs-fold; whitespace before a colon; bare LF; missing or
-//!   repeated `Host`; absolute-form for another host; the HTTP/2 preface), `414` for a
-//!   request line over [`HttpProxyConfig::max_request_line`], `431` for a head over
-//!   [`HttpProxyConfig::max_head`] or [`HttpProxyConfig::max_headers`], `405` for CONNECT.
-//!   A malformed chunk while a chunked request body streams closes both connections (the
-//!   stream is desynchronised), with a `400` first if no response has started.
-//! - Removed: `x-forwarded-client-cert`, the configured client-certificate field,
-//!   `x-forwarded-proto`, `x-forwarded-host`, `x-forwarded-port`, `x-forwarded-prefix`,
-//!   `x-real-ip`, `Forwarded`, and hop-by-hop fields (`Connection` and what it names,
-//!   `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`, `Proxy-Authorization`).
-//! - Added: `x-forwarded-client-cert` (Envoy's format) and the configured nginx-style field
-//!   (URL-encoded PEM, as `$ssl_client_escaped_cert`) when the peer presented a certificate;
-//!   `x-forwarded-proto: https`; the client address appended to `x-forwarded-for`;
-//!   `x-forwarded-host` from the request's `Host` (see [`HttpProxyConfig::fallback_host`]).
-//! - Relayed: bodies in both directions as they arrive (chunked stays chunked; an HTTP/1.0
-//!   client gets the payload of a chunked response and the close), `Expect: 100-continue`
-//!   forwarded and any 1xx but 101 relayed, no body after HEAD, 204, 304 and 1xx. A
-//!   close-delimited response closes the client connection after it.
-//! - Connections: the client's `Connection: close` (or an HTTP/1.0 request without
-//!   `keep-alive`) gets `Connection: close` and `close_notify` after the response. Pipelined
-//!   requests are taken one at a time: reading pauses while a request is in flight, so
-//!   memory per connection is bounded by one head plus the adapter's queues, whatever the
-//!   body sizes. The upstream connection goes back to the pool only when the request and
-//!   the response were both complete and the upstream did not say `Connection: close`.
-//! - Upstream failures: `502 Bad Gateway` when the upstream cannot be reached, or closes or
-//!   resets before a response head; `504 Gateway Timeout` when it is silent for
-//!   [`HttpProxyConfig::upstream_timeout`] (counted from the last byte exchanged) before the
-//!   head; each with a body naming the cause, and a WARN line (target `onerecord::upstream`).
-//!   Once a response has started, a failure or a timeout closes the client connection. A
-//!   request without a body whose pooled upstream connection ended with nothing received
-//!   is retried once on a fresh connection (the upstream closed an idle connection as it
-//!   was taken).
+//! What it does per request is documented on [`HttpProxy`].
 
 mod body;
 mod request;
@@ -142,7 +105,55 @@ impl fmt::Display for HttpProxyConfigError {
 
 impl std::error::Error for HttpProxyConfigError {}
 
-/// The HTTP/1.1 reverse-proxy [`Service`]: accepts every peer the TLS policy let through.
+/// The HTTP/1.1 reverse-proxy [`Service`]: accepts every peer the TLS policy let through
+/// and proxies its requests to [`HttpProxyConfig::upstream`] over the worker's pool of
+/// kept-alive upstream connections.
+///
+/// # Per request
+///
+/// - Refused with a short text body and `Connection: close`, then closed, never forwarded:
+///   `400` for ambiguous or malformed framing (both `Content-Length` and
+///   `Transfer-Encoding`; differing `Content-Length`s (identical repeats are merged);
+///   `Content-Length` not plain digits; `Transfer-Encoding` other than exactly `chunked`,
+///   `gzip, chunked` included; obs-fold; whitespace before a colon; bare LF; missing or
+///   repeated `Host`; absolute-form for another host; the HTTP/2 preface), `414` for a
+///   request line over [`HttpProxyConfig::max_request_line`], `431` for a head over
+///   [`HttpProxyConfig::max_head`] or [`HttpProxyConfig::max_headers`], `405` for CONNECT.
+///   A malformed chunk while a chunked request body streams closes both connections (the
+///   stream is desynchronised), with a `400` first if no response has started.
+/// - Removed: `x-forwarded-client-cert`, the configured client-certificate field,
+///   `x-forwarded-proto`, `x-forwarded-host`, `x-forwarded-port`, `x-forwarded-prefix`,
+///   `x-real-ip`, `Forwarded`, and hop-by-hop fields (`Connection` and what it names,
+///   `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`, `Proxy-Authorization`).
+/// - Added: `x-forwarded-client-cert` (Envoy's format) and the configured nginx-style field
+///   (URL-encoded PEM, as `$ssl_client_escaped_cert`) when the peer presented a certificate;
+///   `x-forwarded-proto: https`; the client address appended to `x-forwarded-for`;
+///   `x-forwarded-host` from the request's `Host` (see [`HttpProxyConfig::fallback_host`]).
+/// - Relayed: bodies in both directions as they arrive (chunked stays chunked; an HTTP/1.0
+///   client gets the payload of a chunked response and the close), `Expect: 100-continue`
+///   forwarded and any 1xx but 101 relayed, no body after HEAD, 204, 304 and 1xx. A
+///   close-delimited response closes the client connection after it.
+/// - Connections: the client's `Connection: close` (or an HTTP/1.0 request without
+///   `keep-alive`) gets `Connection: close` and `close_notify` after the response. Pipelined
+///   requests are taken one at a time: reading pauses while a request is in flight, so
+///   memory per connection is bounded by one head plus the adapter's queues, whatever the
+///   body sizes. The upstream connection goes back to the pool only when the request and
+///   the response were both complete and the upstream did not say `Connection: close`.
+/// - Upstream failures: `502 Bad Gateway` when the upstream cannot be reached, or closes or
+///   resets before a response head; `504 Gateway Timeout` when it is silent for
+///   [`HttpProxyConfig::upstream_timeout`] (counted from the last byte exchanged) before the
+///   head; each with a body naming the cause, and a WARN line (target `onerecord::upstream`).
+///   Once a response has started, a failure or a timeout closes the client connection.
+/// - Retry: a request without a body whose upstream connection ended before any response
+///   byte (the upstream closed a pooled connection as it was lent) is sent once more on a
+///   new connection, when the connection came from the pool or, if the adapter had not yet
+///   said so, when the method is idempotent (RFC 9110 9.2.2). A second failure is a `502`.
+/// - `x-forwarded-client-cert`: `Hash=<hex SHA-256 of the leaf DER>;Cert="<URL-encoded
+///   PEM>";Subject="<RFC 4514 subject>"`, then `;URI=<SAN>` per URI SAN and `;DNS=<SAN>`
+///   per DNS SAN; values holding `,`, `=`, `"` or `\` are quoted, `"` and `\` escaped. A
+///   subject or SAN holding `;` is left out, because Keycloak's `envoy` lookup splits the
+///   value at every `;` whether quoted or not. URL encoding keeps only `A-Z a-z 0-9 - . _ ~`
+///   (as nginx's `$ssl_client_escaped_cert`), so `+` never stands for a space.
 #[derive(Clone, Debug)]
 pub struct HttpProxy {
     cfg: Arc<HttpProxyConfig>,
