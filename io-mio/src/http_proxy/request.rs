@@ -203,13 +203,21 @@ struct Fields<'a> {
     hosts: Vec<&'a str>,
     close: bool,
     keep_alive: bool,
-    connection_options: Vec<String>,
+    connection_options: Vec<&'a str>,
     forwarded_for: Vec<&'a str>,
 }
 
 fn rewrite(head: &[u8], limits: &HeadLimits, added: &Added) -> Result<Request, Refusal> {
-    let mut storage = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut req = httparse::Request::new(&mut storage);
+    // The field slots live on the stack up to the default limit.
+    let mut stack = [httparse::EMPTY_HEADER; 100];
+    let mut heap = Vec::new();
+    let storage = if limits.max_headers <= stack.len() {
+        &mut stack[..limits.max_headers]
+    } else {
+        heap.resize(limits.max_headers, httparse::EMPTY_HEADER);
+        &mut heap[..]
+    };
+    let mut req = httparse::Request::new(storage);
     match req.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(Refusal::new(400, "malformed request head")),
@@ -255,7 +263,7 @@ fn rewrite(head: &[u8], limits: &HeadLimits, added: &Added) -> Result<Request, R
                 } else if option.eq_ignore_ascii_case("keep-alive") {
                     f.keep_alive = true;
                 } else if !option.is_empty() {
-                    f.connection_options.push(option.to_ascii_lowercase());
+                    f.connection_options.push(option);
                 }
             }
         } else if name.eq_ignore_ascii_case("x-forwarded-for") {
@@ -308,17 +316,17 @@ fn rewrite(head: &[u8], limits: &HeadLimits, added: &Added) -> Result<Request, R
     let cert_name = added.cert_header.as_ref().map(|(n, _)| n.as_str());
     let mut merged_length = false;
     for h in req.headers.iter() {
-        let lower = h.name.to_ascii_lowercase();
-        let named = f.connection_options.contains(&lower) && !FRAMING.contains(&lower.as_str());
-        if STRIPPED.contains(&lower.as_str())
+        let name = h.name;
+        let named = one_of(name, &f.connection_options) && !one_of(name, FRAMING);
+        if one_of(name, STRIPPED)
             || named
-            || cert_name == Some(lower.as_str())
-            || lower == "x-forwarded-for"
-            || (minor == 0 && lower == "expect")
+            || cert_name.is_some_and(|c| c.eq_ignore_ascii_case(name))
+            || name.eq_ignore_ascii_case("x-forwarded-for")
+            || (minor == 0 && name.eq_ignore_ascii_case("expect"))
         {
             continue;
         }
-        if lower == "content-length" {
+        if name.eq_ignore_ascii_case("content-length") {
             if merged_length {
                 continue;
             }
@@ -366,6 +374,11 @@ fn rewrite(head: &[u8], limits: &HeadLimits, added: &Added) -> Result<Request, R
         minor,
         close: if minor == 0 { !f.keep_alive } else { f.close },
     })
+}
+
+/// `name` is one of `list`, ignoring ASCII case.
+pub(crate) fn one_of(name: &str, list: &[&str]) -> bool {
+    list.iter().any(|l| l.eq_ignore_ascii_case(name))
 }
 
 fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {

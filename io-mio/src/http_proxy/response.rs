@@ -15,6 +15,7 @@
 //!   HTTP/1.1 and the body is not close-delimited.
 
 use super::body::Body;
+use super::request::one_of;
 
 /// Largest upstream response head.
 pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -88,7 +89,7 @@ pub(crate) fn parse(buf: &[u8], ex: &Exchange) -> Result<Option<Response>, Strin
     let reason = resp.reason.unwrap_or_default();
 
     let mut upstream_close = minor == 0;
-    let mut options: Vec<String> = Vec::new();
+    let mut options: Vec<&str> = Vec::new();
     let mut length: Option<u64> = None;
     let mut last_coding_chunked = None;
     for h in resp.headers.iter() {
@@ -100,7 +101,7 @@ pub(crate) fn parse(buf: &[u8], ex: &Exchange) -> Result<Option<Response>, Strin
                 } else if option.eq_ignore_ascii_case("keep-alive") {
                     upstream_close &= minor != 0;
                 } else if !option.is_empty() {
-                    options.push(option.to_ascii_lowercase());
+                    options.push(option);
                 }
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -144,12 +145,15 @@ pub(crate) fn parse(buf: &[u8], ex: &Exchange) -> Result<Option<Response>, Strin
     if interim && ex.minor == 0 {
         // An HTTP/1.0 client gets no interim response.
     } else {
-        out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.to_string().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(reason.as_bytes());
+        out.extend_from_slice(b"\r\n");
         for h in resp.headers.iter() {
-            let lower = h.name.to_ascii_lowercase();
-            if HOP_BY_HOP.contains(&lower.as_str())
-                || options.contains(&lower)
-                || (dechunk && lower == "transfer-encoding")
+            if one_of(h.name, HOP_BY_HOP)
+                || one_of(h.name, &options)
+                || (dechunk && h.name.eq_ignore_ascii_case("transfer-encoding"))
             {
                 continue;
             }
