@@ -429,6 +429,39 @@ fn twenty_megabytes_stream_both_ways_with_content_length_and_chunked() {
     }
 }
 
+#[test]
+fn curl_gets_the_relayed_100_continue_and_a_bodiless_head_response() {
+    let up = Upstream::start();
+    let proxy = Proxy::start(proxy_to(&up));
+    let started = std::time::Instant::now();
+    let out = proxy.curl(
+        true,
+        &[
+            "-v",
+            "--expect100-timeout",
+            "30",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            "hello",
+            &proxy.url("/echo"),
+        ],
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("< HTTP/1.1 100 Continue"), "{log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "curl waited for the 100"
+    );
+    let echo: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(echo["body_length"], 5);
+
+    let out = proxy.curl(true, &["-I", &proxy.url("/length?n=1000")]);
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("content-length: 1000\r\n"), "{head}");
+}
+
 /// Split a stream of responses into (status, head, body) by their framing.
 fn responses(mut wire: &[u8], heads: &[bool]) -> Vec<(u16, String, Vec<u8>)> {
     let mut out = Vec::new();
