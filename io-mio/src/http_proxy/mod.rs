@@ -30,6 +30,9 @@ use crate::service::{Handler, Peer, Reply, Service, UpstreamEnd};
 use body::Body;
 use request::{Added, HeadLimits, Parsed};
 
+/// Largest request body kept for a retry (one that came with its head).
+const MAX_RETRY_BODY: usize = 16 * 1024;
+
 /// What an [`HttpProxy`] does. [`HttpProxyConfig::new`] gives the defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpProxyConfig {
@@ -144,10 +147,11 @@ impl std::error::Error for HttpProxyConfigError {}
 ///   [`HttpProxyConfig::upstream_timeout`] (counted from the last byte exchanged) before the
 ///   head; each with a body naming the cause, and a WARN line (target `onerecord::upstream`).
 ///   Once a response has started, a failure or a timeout closes the client connection.
-/// - Retry: a request without a body whose upstream connection ended before any response
-///   byte (the upstream closed a pooled connection as it was lent) is sent once more on a
-///   new connection, when the connection came from the pool or, if the adapter had not yet
-///   said so, when the method is idempotent (RFC 9110 9.2.2). A second failure is a `502`.
+/// - Retry: a request whose upstream connection ended before any response byte (the
+///   upstream closed a pooled connection as it was lent) is sent once more on a new
+///   connection when it is whole in hand (no body, or a body of at most 16 KiB that came
+///   with the head) and the connection came from the pool or, if the adapter had not yet
+///   said so, the method is idempotent (RFC 9110 9.2.2). A second failure is a `502`.
 /// - `x-forwarded-client-cert`: `Hash=<hex SHA-256 of the leaf DER>;Cert="<URL-encoded
 ///   PEM>";Subject="<RFC 4514 subject>"`, then `;URI=<SAN>` per URI SAN and `;DNS=<SAN>`
 ///   per DNS SAN; values holding `,`, `=`, `"` or `\` are quoted, `"` and `\` escaped. A
@@ -261,8 +265,8 @@ enum State {
 struct Exchange {
     /// What remains of the request body.
     req_body: Body,
-    /// The upstream head, kept for a retry while the request has no body and no response
-    /// byte has come.
+    /// The request sent upstream (head, and a small body that came with it), kept for a
+    /// retry until a response byte comes.
     retry_head: Option<Vec<u8>>,
     /// Whether the upstream connection was taken from the pool, once known.
     reused: Option<bool>,
@@ -531,7 +535,7 @@ impl ProxyHandler {
         let no_body = req.body.is_done();
         self.state = State::Busy(Exchange {
             req_body: req.body,
-            retry_head: no_body.then_some(req.upstream_head),
+            retry_head: Some(req.upstream_head),
             reused: None,
             idempotent: req.idempotent,
             head_method: req.head_method,
@@ -540,14 +544,26 @@ impl ProxyHandler {
             resp: Resp::Head(Vec::new()),
             deadline,
         });
+        let rest_all = &rest[..];
         let rest = if no_body {
-            &rest[..]
+            rest_all
         } else {
-            match self.forward_body(&rest, reply) {
+            match self.forward_body(rest_all, reply) {
                 Some(r) => r,
                 None => return,
             }
         };
+        if let State::Busy(ex) = &mut self.state {
+            // The request is kept for a retry while it is whole in hand and small: no body,
+            // or a body that came with the head.
+            let body = &rest_all[..rest_all.len() - rest.len()];
+            match &mut ex.retry_head {
+                Some(bytes) if ex.req_body.is_done() && body.len() <= MAX_RETRY_BODY => {
+                    bytes.extend_from_slice(body);
+                }
+                kept => *kept = None,
+            }
+        }
         self.inbuf.extend_from_slice(rest);
         let body_done = matches!(&self.state, State::Busy(ex) if ex.req_body.is_done());
         // Read on while the body streams; hold the next request until this one is answered.
@@ -800,6 +816,52 @@ mod tests {
             out(&r).ends_with("upstream 127.0.0.1:8080 closed the connection before a response\n")
         );
         assert!(r.close);
+    }
+
+    #[test]
+    fn a_small_body_that_came_with_its_head_is_sent_again_on_a_retry() {
+        let mut h = handler(Duration::from_secs(60));
+        let mut r = Reply::default();
+        h.on_data(
+            b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
+            &mut r,
+        );
+        let mut r = Reply {
+            upstream_reused: Some(true),
+            ..Reply::default()
+        };
+        h.on_wake(&mut r);
+        let mut r = Reply::default();
+        h.on_upstream_closed(UpstreamEnd::Eof, &mut r);
+        let sent = ops(&r);
+        assert_eq!(sent[0], "open fresh", "{sent:?}");
+        assert!(
+            sent[1].starts_with("write POST /a ") && sent[1].ends_with("\r\n\r\nhi"),
+            "{sent:?}"
+        );
+    }
+
+    #[test]
+    fn a_body_still_streaming_is_not_retried() {
+        let mut h = handler(Duration::from_secs(60));
+        let mut r = Reply::default();
+        h.on_data(
+            b"PUT /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhi",
+            &mut r,
+        );
+        let mut r = Reply {
+            upstream_reused: Some(true),
+            ..Reply::default()
+        };
+        h.on_data(b"the", &mut r);
+        let mut r = Reply::default();
+        h.on_upstream_closed(UpstreamEnd::Eof, &mut r);
+        assert!(
+            !ops(&r).iter().any(|op| op.starts_with("open")),
+            "{:?}",
+            ops(&r)
+        );
+        assert!(out(&r).starts_with("HTTP/1.1 502 "), "{}", out(&r));
     }
 
     #[test]
