@@ -377,6 +377,10 @@ fn kept_alive_requests_from_several_clients_share_few_pooled_upstream_connection
         connections <= 3,
         "{connections} upstream connections for 30 requests"
     );
+    // The adapter counts the same: new upstream connections and pool hits.
+    let counters = proxy.server.metrics().snapshot().counters;
+    assert_eq!(counters.upstream_connects, connections);
+    assert_eq!(counters.upstream_reuses, 30 - connections);
     let echo = proxy.curl_json(true, &[&proxy.url("/echo")]);
     assert!(echo["connection_requests"].as_u64().unwrap() > 10, "{echo}");
 }
