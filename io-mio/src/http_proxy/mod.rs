@@ -971,6 +971,104 @@ mod tests {
         assert_eq!(ops(&r), ["release reuse"]);
     }
 
+    /// Pieces of `bytes` cut at `cuts` (taken modulo the length).
+    fn pieces(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        at.push(0);
+        at.push(bytes.len());
+        at.sort_unstable();
+        at.windows(2).map(|w| bytes[w[0]..w[1]].to_vec()).collect()
+    }
+
+    /// Drive one handler through pipelined requests and their responses, both cut at the
+    /// given places: (bytes to the client, bytes to the upstream, releases with reuse).
+    fn exchange(client_cuts: &[usize], upstream_cuts: &[usize]) -> (Vec<u8>, Vec<u8>, usize) {
+        let requests = [
+            GET_A,
+            b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nT: 1\r\n\r\n",
+            b"PUT /l HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nwxyz",
+            GET_B,
+        ]
+        .concat();
+        let mut responses = vec![
+            pieces(OK, upstream_cuts),
+            pieces(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                upstream_cuts,
+            ),
+            pieces(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+                upstream_cuts,
+            ),
+            pieces(OK, upstream_cuts),
+        ]
+        .into_iter();
+        let mut h = handler(Duration::from_secs(60));
+        let (mut out, mut up, mut reused) = (Vec::new(), Vec::new(), 0);
+        let mut note = |r: &Reply, out: &mut Vec<u8>, up: &mut Vec<u8>| {
+            out.extend_from_slice(&r.out);
+            for op in &r.upstream {
+                match op {
+                    UpstreamOp::Write(v) => up.extend_from_slice(v),
+                    UpstreamOp::Release { reuse: true } => reused += 1,
+                    _ => {}
+                }
+            }
+        };
+        for piece in pieces(&requests, client_cuts) {
+            let mut r = Reply::default();
+            h.on_data(&piece, &mut r);
+            note(&r, &mut out, &mut up);
+            while matches!(&h.state, State::Busy(ex) if ex.req_body.is_done()) {
+                for part in responses.next().expect("a response per request") {
+                    let mut r = Reply::default();
+                    h.on_upstream_data(&part, &mut r);
+                    note(&r, &mut out, &mut up);
+                }
+            }
+        }
+        (out, up, reused)
+    }
+
+    proptest::proptest! {
+        /// However the client's and the upstream's bytes are cut, the handler sends the same
+        /// bytes both ways and pools the upstream connection after every exchange.
+        #[test]
+        fn exchanges_do_not_depend_on_how_the_bytes_are_cut(
+            client_cuts in proptest::collection::vec(proptest::prelude::any::<usize>(), 0..12),
+            upstream_cuts in proptest::collection::vec(proptest::prelude::any::<usize>(), 0..6),
+        ) {
+            let whole = exchange(&[], &[]);
+            proptest::prop_assert_eq!(whole.2, 4);
+            proptest::prop_assert_eq!(exchange(&client_cuts, &upstream_cuts), whole);
+        }
+    }
+
+    #[test]
+    fn pipelined_exchanges_give_the_expected_bytes() {
+        let (out, up, reused) = exchange(&[], &[]);
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\
+             HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n\
+             HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n\
+             HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        );
+        let up = String::from_utf8(up).unwrap();
+        assert_eq!(
+            up.matches("x-forwarded-proto: https\r\n").count(),
+            4,
+            "{up}"
+        );
+        assert!(
+            up.contains("\r\n\r\n3\r\nabc\r\n0\r\nT: 1\r\n\r\nPUT /l "),
+            "{up}"
+        );
+        assert!(up.contains("\r\n\r\nwxyzGET /b "), "{up}");
+        assert_eq!(reused, 4);
+    }
+
     #[test]
     fn bad_configuration_is_refused_naming_the_field() {
         let base = HttpProxyConfig::new("127.0.0.1:1".parse().unwrap());
