@@ -209,7 +209,7 @@ impl Service for HttpProxy {
     fn accept(&self, peer: &Peer<'_>) -> Option<Box<dyn Handler>> {
         let id = peer.identity;
         let added = Added {
-            client_ip: Some(peer.remote.ip()),
+            client_ip: Some(peer.remote.ip().to_string()),
             xfcc: if self.cfg.xfcc { xfcc::xfcc(id) } else { None },
             cert_header: self
                 .cfg

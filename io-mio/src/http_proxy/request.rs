@@ -28,7 +28,7 @@
 //! merged into one). Absolute-form targets are sent in origin-form. The upstream request is
 //! always HTTP/1.1 without `Connection: close`, so its connection can be pooled.
 
-use std::net::IpAddr;
+use std::mem::MaybeUninit;
 
 use super::body::Body;
 
@@ -43,8 +43,8 @@ pub(crate) struct HeadLimits {
 /// What the proxy adds to every request from one connection.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Added {
-    /// The client's address (appended to `x-forwarded-for`).
-    pub(crate) client_ip: Option<IpAddr>,
+    /// The client's address, as text (appended to `x-forwarded-for`).
+    pub(crate) client_ip: Option<String>,
     /// `x-forwarded-client-cert` value, when the peer presented a certificate.
     pub(crate) xfcc: Option<String>,
     /// The nginx-style client-certificate field: lowercase name, and the URL-encoded PEM
@@ -145,7 +145,7 @@ pub(crate) fn parse(buf: &[u8], limits: &HeadLimits, added: &Added) -> Parsed {
         }
     }
     // The request line.
-    match buf.iter().position(|&b| b == b'\n') {
+    match memchr::memchr(b'\n', buf) {
         Some(lf) if lf.saturating_sub(1) > limits.max_request_line => {
             return Parsed::Refused(Refusal::new(414, "request line too long"));
         }
@@ -179,10 +179,7 @@ pub(crate) fn parse(buf: &[u8], limits: &HeadLimits, added: &Added) -> Parsed {
 /// bare LF.
 fn head_end(buf: &[u8]) -> Result<Option<usize>, ()> {
     let mut line_start = 0;
-    for (i, &b) in buf.iter().enumerate() {
-        if b != b'\n' {
-            continue;
-        }
+    for i in memchr::memchr_iter(b'\n', buf) {
         if i == 0 || buf[i - 1] != b'\r' {
             return Err(());
         }
@@ -208,17 +205,18 @@ struct Fields<'a> {
 }
 
 fn rewrite(head: &[u8], limits: &HeadLimits, added: &Added) -> Result<Request, Refusal> {
-    // The field slots live on the stack up to the default limit.
-    let mut stack = [httparse::EMPTY_HEADER; 100];
+    // The field slots live on the stack up to the default limit, left uninitialised (httparse
+    // fills what it parses).
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
     let mut heap = Vec::new();
     let storage = if limits.max_headers <= stack.len() {
         &mut stack[..limits.max_headers]
     } else {
-        heap.resize(limits.max_headers, httparse::EMPTY_HEADER);
+        heap.resize_with(limits.max_headers, MaybeUninit::uninit);
         &mut heap[..]
     };
-    let mut req = httparse::Request::new(storage);
-    match req.parse(head) {
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, storage) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(Refusal::new(400, "malformed request head")),
         Err(httparse::Error::TooManyHeaders) => {
@@ -352,11 +350,11 @@ fn rewrite(head: &[u8], limits: &HeadLimits, added: &Added) -> Result<Request, R
         push_field(&mut out, "x-forwarded-host", host.as_bytes());
     }
     let mut xff = f.forwarded_for.join(", ");
-    if let Some(ip) = added.client_ip {
+    if let Some(ip) = &added.client_ip {
         if !xff.is_empty() {
             xff.push_str(", ");
         }
-        xff.push_str(&ip.to_string());
+        xff.push_str(ip);
     }
     if !xff.is_empty() {
         push_field(&mut out, "x-forwarded-for", xff.as_bytes());
@@ -440,7 +438,7 @@ mod tests {
 
     fn added() -> Added {
         Added {
-            client_ip: Some("192.0.2.7".parse().unwrap()),
+            client_ip: Some("192.0.2.7".into()),
             xfcc: Some("Hash=ab;Cert=\"x\"".into()),
             cert_header: Some(("x-ssl-client-cert".into(), Some("PEM".into()))),
             fallback_host: None,
@@ -577,7 +575,7 @@ mod tests {
     #[test]
     fn without_a_certificate_no_identity_field_is_added_but_forged_ones_still_go() {
         let added = Added {
-            client_ip: Some("::1".parse().unwrap()),
+            client_ip: Some("::1".into()),
             xfcc: None,
             cert_header: Some(("x-ssl-client-cert".into(), None)),
             fallback_host: None,

@@ -14,6 +14,8 @@
 //! - The upstream connection may be reused only when it did not say `Connection: close`, is
 //!   HTTP/1.1 and the body is not close-delimited.
 
+use std::mem::MaybeUninit;
+
 use super::body::Body;
 use super::request::one_of;
 
@@ -67,9 +69,15 @@ pub(crate) struct Response {
 /// Parse the response head at the start of `buf`: `Ok(None)` while incomplete, `Err` with a
 /// cause for the log and the 502 body.
 pub(crate) fn parse(buf: &[u8], ex: &Exchange) -> Result<Option<Response>, String> {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut storage);
-    let head_len = match resp.parse(buf) {
+    let mut storage =
+        [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut storage,
+    );
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
             return Err("response head too large".into());
@@ -146,8 +154,13 @@ pub(crate) fn parse(buf: &[u8], ex: &Exchange) -> Result<Option<Response>, Strin
         // An HTTP/1.0 client gets no interim response.
     } else {
         out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.to_string().as_bytes());
-        out.push(b' ');
+        // httparse reads exactly three digits.
+        out.extend_from_slice(&[
+            b'0' + (status / 100 % 10) as u8,
+            b'0' + (status / 10 % 10) as u8,
+            b'0' + (status % 10) as u8,
+            b' ',
+        ]);
         out.extend_from_slice(reason.as_bytes());
         out.extend_from_slice(b"\r\n");
         for h in resp.headers.iter() {
