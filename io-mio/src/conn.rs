@@ -819,6 +819,9 @@ fn pump_upstream(c: &mut Conn, now: Instant, ctx: &mut Ctx<'_>) -> bool {
 
 /// The handler's upstream connection ended: close it and tell the handler.
 fn upstream_failed(c: &mut Conn, now: Instant, ctx: &mut Ctx<'_>, end: UpstreamEnd) -> bool {
+    // The handler learns whether the connection that ended came from the pool (a stale
+    // pooled connection is worth a retry).
+    let reused = c.up.as_ref().map(|u| u.reused);
     if let Some(lent) = c.up.take() {
         ctx.pool.close(lent, ctx.registry);
     }
@@ -826,7 +829,12 @@ fn upstream_failed(c: &mut Conn, now: Instant, ctx: &mut Ctx<'_>, end: UpstreamE
     if !matches!(end, UpstreamEnd::Eof) {
         ctx.counters.upstream_errors += 1;
     }
-    call(c, now, ctx, |h, r| h.on_upstream_closed(end, r));
+    let mut reply = c.reply(ctx.wake);
+    reply.upstream_reused = reused;
+    if let App::Handler(h) = &mut c.app {
+        h.on_upstream_closed(end, &mut reply);
+        apply(c, reply, now, ctx);
+    }
     true
 }
 

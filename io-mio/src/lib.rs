@@ -36,7 +36,9 @@
 //! The modules, each one concern, importing one way (`server` -> `worker` -> `conn`):
 //! `config` (what to run), `server` (the handle and start-up), `worker` (one thread's event
 //! loop), `conn` (one connection's lifecycle and drain order), `audit` (its log lines),
-//! `queue` (byte queues); `service` and `http` (the application side), `client` (outbound).
+//! `queue` (byte queues), `pool` (each worker's kept-alive upstream connections for
+//! handlers); `service`, `http` (the identity responder) and `http_proxy` (the HTTP/1.1
+//! reverse proxy, [`HttpProxy`]) on the application side, `client` (outbound).
 //!
 //! Every worker owns a `mio::Poll`, a handle on each listening socket (one socket per address,
 //! held exclusively; with [`ServerConfig::reuse_port`], one `SO_REUSEPORT` socket per worker,
@@ -62,6 +64,7 @@ pub mod client;
 mod config;
 mod conn;
 pub mod http;
+mod http_proxy;
 pub mod metrics;
 mod pool;
 pub mod proxy;
@@ -76,6 +79,7 @@ pub use client::{Client, ClientStream};
 pub use config::{Backend, Limits, Listener, Mode, ServerConfig, SniBackends};
 pub use conn::PLAINTEXT_BODY;
 pub use http::IdentityResponder;
+pub use http_proxy::{HttpProxy, HttpProxyConfig, HttpProxyConfigError};
 pub use metrics::{Counters, Histogram, Metrics, Snapshot};
 pub use server::{ServerHandle, start};
 pub use service::{Handler, Peer, Reply, ReplyWaker, Service, ServiceFn, UpstreamEnd};

@@ -204,7 +204,7 @@ impl Reply {
 
     /// Whether the upstream connection held when this call began came from the pool
     /// (`Some(true)`) or was connected for this connection (`Some(false)`); `None` when none
-    /// was held.
+    /// was held. In [`Handler::on_upstream_closed`]: the connection that ended.
     pub fn upstream_reused(&self) -> Option<bool> {
         self.upstream_reused
     }

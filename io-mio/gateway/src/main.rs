@@ -29,7 +29,8 @@ use onerecord_tls::{
     TrustStore, UnknownStatus, Versions, Warning, pki,
 };
 use onerecord_tls_mio::{
-    Backend, IdentityResponder, Limits, Listener, Mode, ServerConfig, SniBackends,
+    Backend, HttpProxy, HttpProxyConfig, IdentityResponder, Limits, Listener, Mode, ServerConfig,
+    SniBackends,
 };
 
 /// The configuration file's keys (README.md, "The configuration file", says more).
@@ -762,17 +763,16 @@ fn site_backend(s: &Site) -> Result<SiteBackend, ConfigFail> {
     }))
 }
 
-/// The library backend of the HTTP mode.
-///
-/// The one place where the HTTP mode is constructed
-/// (`onerecord_tls_mio::HttpProxy::new(HttpProxyConfig { .. })`); until that type is in this
-/// build, starting a server in the HTTP mode is a configuration error (`check` does not
-/// construct backends and accepts it).
+/// The library backend of the HTTP mode: a header name the proxy refuses (one it manages
+/// itself, or not a field name) is a configuration error.
 fn http_backend(h: &HttpSettings) -> Result<Backend, ConfigFail> {
-    Err(ConfigFail(format!(
-        "upstream http://{}: HTTP mode not built yet",
-        h.upstream
-    )))
+    let mut c = HttpProxyConfig::new(h.upstream);
+    c.client_cert_header = h.client_cert_header.clone();
+    c.xfcc = h.xfcc;
+    c.upstream_timeout = h.upstream_timeout;
+    HttpProxy::new(c)
+        .map(|p| Backend::Service(Arc::new(p)))
+        .map_err(|e| ConfigFail(format!("upstream http://{}: {e}", h.upstream)))
 }
 
 /// The library backend of a site.
@@ -940,6 +940,9 @@ fn check(path: &Path) -> Result<(), ConfigFail> {
     for l in &plan.listeners {
         let built = build_sites(l, &plan.common, None)?;
         for (s, (p, b)) in l.sites.iter().zip(&built.sites) {
+            // Built as `server` would build it (a header name the HTTP mode refuses fails
+            // here), then dropped.
+            backend(b)?;
             let names = if s.server_names.is_empty() {
                 "(no name)".to_string()
             } else {

@@ -882,7 +882,6 @@ fn readme_front_door_example_passes_check() {
 }
 
 #[test]
-#[ignore = "needs the HTTP mode (http_backend constructs onerecord_tls_mio::HttpProxy)"]
 fn readme_front_door_example_serves_partners_with_mtls_and_the_public_without() {
     let pki = Pki::new();
     readme_files(&pki);
@@ -895,6 +894,15 @@ fn readme_front_door_example_serves_partners_with_mtls_and_the_public_without() 
         .stderr(Stdio::null())
         .spawn()
         .expect("python3 -m http.server");
+    // Wait (bounded) until the upstream listens.
+    let until = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", up)).is_err() {
+        assert!(
+            Instant::now() < until,
+            "python3 -m http.server never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let port = free_port();
     let metrics = free_port();
     let mut toml = readme_example();
