@@ -61,7 +61,7 @@ while [ $# -gt 0 ]; do
         --rounds) rounds="$2"; shift ;;
         --fd-concurrency) fd_concurrency="$2"; shift ;;
         --fd-peers) fd_peers="$2"; shift ;;
-        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) echo "bench-peers: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -447,9 +447,9 @@ echo "== results: $started, commit $rev, $(nproc) CPUs ($(sed -n 's/^model name[
 echo "   bash scripts/bench-peers.sh $all_args"
 echo "   loadgen: one client thread on the same machine; server CPU = utime+stime of the server"
 echo "   process(es) over each measured window; latency is wall time seen by the client."
-echo "   full/resumed: a new connection per request; keep-alive: requests on $concurrency open"
-echo "   connections; idle: RSS with $idle idle mTLS connections on a fresh server."
 if [ -n "$peers" ]; then
+    echo "   full/resumed: a new connection per request; keep-alive: requests on $concurrency open"
+    echo "   connections; idle: RSS with $idle idle mTLS connections on a fresh server."
     "$LG" --table "$res"
 fi
 if [ "$frontdoor" = 1 ]; then
@@ -457,7 +457,8 @@ if [ "$frontdoor" = 1 ]; then
     echo "   front door: mTLS ($([ "$tls12" = 1 ] && echo "TLS 1.2" || echo "TLS 1.3")), one worker per proxy, upstream bench/src/bin/http-upstream.rs on"
     echo "   127.0.0.1:$up_port (not measured); keep-alive: requests on C open client connections;"
     echo "   new mTLS conn: a full handshake and one request per connection; upstream conns: TCP"
-    echo "   connections the upstream accepted during the run (warm-up included)."
+    echo "   connections the upstream accepted during the run (warm-up included; a proxy replaces"
+    echo "   the upstream connections of requests cut off when the load generator stops)."
     "$LG" --frontdoor-table "$fdres"
 fi
 if [ -s "$tmp/loadgen.err" ]; then
