@@ -61,7 +61,7 @@ while [ $# -gt 0 ]; do
         --rounds) rounds="$2"; shift ;;
         --fd-concurrency) fd_concurrency="$2"; shift ;;
         --fd-peers) fd_peers="$2"; shift ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "bench-peers: unknown option $1" >&2; exit 2 ;;
     esac
     shift
