@@ -8,6 +8,7 @@
 //!         --key DIR/client.key] --mode full|resumed|keepalive|idle --concurrency 16
 //!         --duration 5 [--idle 10000] [--server-pid PID]... [--tls12|--tls13] [--json]
 //!     onerecord-loadgen --table results.jsonl
+//!     onerecord-loadgen --frontdoor-table frontdoor.jsonl
 //!
 //! Exit status: 0 when every connection and request succeeded, 1 when some failed (the report
 //! is printed either way), 2 on bad arguments or when nothing could be measured.
@@ -48,13 +49,13 @@ enum ModeArg {
 #[command(name = "onerecord-loadgen", version, about)]
 struct Cli {
     /// Server address (HOST:PORT, loopback).
-    #[arg(long, value_name = "ADDR", required_unless_present_any = ["gen_pki", "table"])]
+    #[arg(long, value_name = "ADDR", required_unless_present_any = ["gen_pki", "table", "frontdoor_table"])]
     connect: Option<SocketAddr>,
     /// Name sent as SNI and verified in the server certificate.
     #[arg(long, value_name = "NAME", default_value = "localhost")]
     server_name: String,
     /// CA bundle that verifies the server.
-    #[arg(long, value_name = "FILE", required_unless_present_any = ["gen_pki", "table"])]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["gen_pki", "table", "frontdoor_table"])]
     ca: Option<PathBuf>,
     /// Client certificate chain (mTLS).
     #[arg(long, value_name = "FILE", requires = "key")]
@@ -101,6 +102,10 @@ struct Cli {
     /// Print the comparison table of a file of JSON reports and exit.
     #[arg(long, value_name = "FILE", exclusive = true)]
     table: Option<PathBuf>,
+    /// Print the front-door table (reverse proxies, medians over rounds) of a file of JSON
+    /// reports and exit.
+    #[arg(long, value_name = "FILE", exclusive = true)]
+    frontdoor_table: Option<PathBuf>,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -134,7 +139,7 @@ fn client_policy(cli: &Cli) -> Result<ClientPolicy, String> {
         .map_err(|e| format!("client policy: {e}"))
 }
 
-fn table(path: &PathBuf) -> ExitCode {
+fn table(path: &PathBuf, render: fn(&[serde_json::Value]) -> String) -> ExitCode {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => return fail(format!("{}: {e}", path.display())),
@@ -150,7 +155,7 @@ fn table(path: &PathBuf) -> ExitCode {
             Err(e) => return fail(format!("{}:{}: {e}", path.display(), n + 1)),
         }
     }
-    print!("{}", loadgen::table::render(&lines));
+    print!("{}", render(&lines));
     ExitCode::SUCCESS
 }
 
@@ -163,7 +168,10 @@ fn main() -> ExitCode {
         };
     }
     if let Some(path) = &cli.table {
-        return table(path);
+        return table(path, loadgen::table::render);
+    }
+    if let Some(path) = &cli.frontdoor_table {
+        return table(path, loadgen::frontdoor::render);
     }
     let run = || -> Result<Report, String> {
         let addr = cli.connect.ok_or("--connect is required")?;
