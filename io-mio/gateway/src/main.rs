@@ -96,7 +96,8 @@ Exit codes:
 
 PROXY protocol v2 (server --upstream ADDR --proxy-protocol):
   Before the first byte of the stream the upstream gets the client's address and port and the
-  verified identity: PP2_TYPE_SSL (verify result, TLS version, certificate CN, cipher),
+  verified identity: PP2_TYPE_SSL (verify result, TLS version, certificate CN, cipher, and the
+  client's leaf certificate in DER as sub-TLV 0x28, as ghostunnel's tls-full mode sends it),
   PP2_TYPE_AUTHORITY (SNI), PP2_TYPE_ALPN, one TLV 0xE0 per URI SAN of the client certificate
   (ONE Record IDs) and TLV 0xE1 with its SPKI SHA-256 (32 bytes)."
     };
@@ -176,7 +177,8 @@ struct Common {
     /// onerecord_connections_accepted_total, onerecord_connections_closed_total,
     /// onerecord_bytes_total{direction} (open connections included),
     /// onerecord_plaintext_http_total, onerecord_idle_timeouts_total,
-    /// onerecord_upstream_errors_total, onerecord_accept_errors_total,
+    /// onerecord_upstream_errors_total, onerecord_upstream_connections_total{kind},
+    /// onerecord_accept_errors_total,
     /// onerecord_certificate_expiry_seconds{listener},
     /// onerecord_certificate_not_after_timestamp_seconds{file,role,subject},
     /// onerecord_crl_next_update_timestamp_seconds{file,issuer},
