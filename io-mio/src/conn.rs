@@ -50,9 +50,6 @@ pub(crate) struct Sock {
     connected: bool,
     eof: bool,
     write_closed: bool,
-    /// An event said the peer closed its side: the end of stream is there to read even
-    /// after a short read.
-    read_closed: bool,
 }
 
 impl Sock {
@@ -64,17 +61,6 @@ impl Sock {
             connected,
             eof: false,
             write_closed: false,
-            read_closed: false,
-        }
-    }
-
-    /// A read of `n` bytes into a buffer of `room`: a short read drained the socket, so
-    /// there is nothing more to read until the next readiness event (edge-triggered polling
-    /// reports every arrival after this read), unless the end of stream is pending. Saves the
-    /// read that would only say "would block".
-    fn read_some(&mut self, n: usize, room: usize) {
-        if n < room && !self.read_closed {
-            self.readable = false;
         }
     }
 
@@ -82,9 +68,6 @@ impl Sock {
     pub(crate) fn ready(&mut self, event: &mio::event::Event) {
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             self.readable = true;
-        }
-        if event.is_read_closed() || event.is_error() {
-            self.read_closed = true;
         }
         if event.is_writable() || event.is_write_closed() || event.is_error() {
             self.writable = true;
@@ -804,7 +787,6 @@ fn pump_upstream(c: &mut Conn, now: Instant, ctx: &mut Ctx<'_>) -> bool {
                 return upstream_failed(c, now, ctx, UpstreamEnd::Eof);
             }
             Ok(n) => {
-                u.sock.read_some(n, buf.len());
                 c.last_activity = now;
                 call(c, now, ctx, |h, r| h.on_upstream_data(&buf[..n], r));
                 progress = true;
@@ -910,14 +892,12 @@ fn read_tls(c: &mut Conn, now: Instant, limits: &Limits, counters: &mut Counters
     if buf.is_empty() {
         return false;
     }
-    let room = buf.len();
     match c.tls.stream.read(buf) {
         Ok(0) => {
             c.tls.eof = true;
             true
         }
         Ok(n) => {
-            c.tls.read_some(n, room);
             c.session.received(n);
             // Counted as the bytes pass, so open connections show up.
             counters.sessions.tls_bytes_received += n as u64;
@@ -1207,7 +1187,6 @@ fn pump_plain(
                 progress = true;
             }
             Ok(n) => {
-                p.read_some(n, buf.len());
                 c.to_tls.extend(&buf[..n]);
                 c.last_activity = now;
                 progress = true;
