@@ -7,28 +7,10 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 
 use common::{Gateway, Pki, text};
 use onerecord_tls::Sha256;
-
-/// The directory holding the compiled `XfccUpstream` class.
-fn classes() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("onerecord-xfcc-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/java/XfccUpstream.java");
-        let out = Command::new("javac")
-            .args(["-d", &dir.display().to_string(), src])
-            .output()
-            .expect("javac (a JDK) is needed: scripts/install-deps.sh installs it");
-        assert!(out.status.success(), "javac failed: {}", text(&out));
-        dir
-    })
-}
 
 /// The Java application, killed on drop.
 struct JavaApp {
@@ -40,7 +22,7 @@ impl JavaApp {
     fn start() -> Self {
         let mut child = Command::new("java")
             .arg("-cp")
-            .arg(classes())
+            .arg(common::java_classes("XfccUpstream"))
             .args(["XfccUpstream", "x-ssl-client-cert"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

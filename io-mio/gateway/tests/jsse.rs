@@ -4,33 +4,15 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use common::{Gateway, Pki, text};
-
-/// The directory holding the compiled `JsseClient` class.
-fn classes() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("onerecord-jsse-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/java/JsseClient.java");
-        let out = Command::new("javac")
-            .args(["-d", &dir.display().to_string(), src])
-            .output()
-            .expect("javac (a JDK) is needed: scripts/install-deps.sh installs it");
-        assert!(out.status.success(), "javac failed: {}", text(&out));
-        dir
-    })
-}
 
 /// Run the Java client against `gw`; its output (`OK ...` or `TLSERROR ...`, then the body).
 fn jsse(gw: &Gateway, pki: &Pki, protocol: &str, cert: Option<&str>) -> String {
     let mut cmd = Command::new("timeout");
     cmd.args(["30", "java", "-cp"])
-        .arg(classes())
+        .arg(common::java_classes("JsseClient"))
         .arg("JsseClient")
         .args(["localhost", &gw.addr.port().to_string(), protocol])
         .arg(pki.path("ca.pem"));

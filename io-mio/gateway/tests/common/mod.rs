@@ -378,3 +378,23 @@ pub fn sample(text: &str, series: &str) -> Option<u64> {
             .ok()
     })
 }
+
+/// The directory holding the class compiled from `tests/java/<name>.java` (compiled once per
+/// test process with `javac`).
+pub fn java_classes(name: &str) -> std::path::PathBuf {
+    static DIRS: Mutex<Vec<(String, std::path::PathBuf)>> = Mutex::new(Vec::new());
+    let mut dirs = DIRS.lock().unwrap();
+    if let Some((_, d)) = dirs.iter().find(|(n, _)| n == name) {
+        return d.clone();
+    }
+    let dir = std::env::temp_dir().join(format!("onerecord-java-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = format!("{}/tests/java/{name}.java", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("javac")
+        .args(["-d", &dir.display().to_string(), &src])
+        .output()
+        .expect("javac (a JDK) is needed: scripts/install-deps.sh installs it");
+    assert!(out.status.success(), "javac {name} failed: {}", text(&out));
+    dirs.push((name.to_string(), dir.clone()));
+    dir
+}
