@@ -126,7 +126,9 @@ pub struct Limits {
     /// memory of one connection.
     pub max_buffered: usize,
     /// Kept-alive upstream connections (see [`crate::Reply::upstream_open`]) each worker
-    /// keeps idle per upstream address; beyond it the oldest idle one is closed.
+    /// keeps idle per upstream address; beyond it the oldest idle one is closed. Keep it at
+    /// or above the requests one worker has in flight at once, or connections are closed
+    /// and opened again under load (one descriptor each while idle).
     pub upstream_idle_max: usize,
     /// An idle pooled upstream connection is closed after this long.
     pub upstream_idle_timeout: Duration,
@@ -140,7 +142,7 @@ impl Default for Limits {
             linger: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(10),
             max_buffered: 64 * 1024,
-            upstream_idle_max: 32,
+            upstream_idle_max: 256,
             upstream_idle_timeout: Duration::from_secs(30),
         }
     }

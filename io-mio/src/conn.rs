@@ -30,7 +30,13 @@ pub(crate) struct Ctx<'a> {
     pub(crate) counters: &'a mut Counters,
     pub(crate) limits: &'a Limits,
     pub(crate) wake: &'a Arc<WakeQueue>,
+    /// The worker's read buffer for the plain side and upstreams ([`SCRATCH`] bytes), kept
+    /// so that no read zeroes a fresh one.
+    pub(crate) scratch: &'a mut Vec<u8>,
 }
+
+/// Size of the worker's read buffer for plain sides and upstreams.
+pub(crate) const SCRATCH: usize = 16 * 1024;
 
 /// The body of the `400` answer to plaintext HTTP on a TLS port.
 pub const PLAINTEXT_BODY: &str =
@@ -620,7 +626,7 @@ pub(crate) fn drive(c: &mut Conn, wake: Wake, now: Instant, ctx: &mut Ctx<'_>) -
             Ok(p) => progress |= p,
             Err(done) => return done,
         }
-        match pump_plain(c, now, ctx.limits, ctx.counters) {
+        match pump_plain(c, now, ctx.limits, ctx.counters, ctx.scratch) {
             Ok(p) => progress |= p,
             Err(done) => return done,
         }
@@ -780,20 +786,32 @@ fn pump_upstream(c: &mut Conn, now: Instant, ctx: &mut Ctx<'_>) -> bool {
         && !c.session.close_sent()
         && !c.session.is_terminal();
     if u.sock.readable && can_take {
-        let mut buf = [0u8; 16 * 1024];
-        match u.sock.stream.read(&mut buf) {
+        let mut buf = std::mem::take(ctx.scratch);
+        buf.resize(SCRATCH, 0);
+        let done = match u.sock.stream.read(&mut buf) {
             Ok(0) => {
                 u.sock.eof = true;
-                return upstream_failed(c, now, ctx, UpstreamEnd::Eof);
+                Some(UpstreamEnd::Eof)
             }
             Ok(n) => {
                 c.last_activity = now;
                 call(c, now, ctx, |h, r| h.on_upstream_data(&buf[..n], r));
                 progress = true;
+                None
             }
-            Err(e) if is_would_block(&e) => u.sock.readable = false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
-            Err(e) => return upstream_failed(c, now, ctx, UpstreamEnd::Failed(e)),
+            Err(e) if is_would_block(&e) => {
+                u.sock.readable = false;
+                None
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                progress = true;
+                None
+            }
+            Err(e) => Some(UpstreamEnd::Failed(e)),
+        };
+        *ctx.scratch = buf;
+        if let Some(end) = done {
+            return upstream_failed(c, now, ctx, end);
         }
     }
     progress
@@ -1133,6 +1151,7 @@ fn pump_plain(
     now: Instant,
     limits: &Limits,
     counters: &mut Counters,
+    scratch: &mut Vec<u8>,
 ) -> Result<bool, Done> {
     let mut progress = false;
     let mut close = false;
@@ -1179,8 +1198,9 @@ fn pump_plain(
         && !c.session.close_sent()
         && !c.session.is_terminal();
     if p.readable && !p.eof && can_take {
-        let mut buf = [0u8; 16 * 1024];
-        match p.stream.read(&mut buf) {
+        scratch.resize(SCRATCH, 0);
+        let buf = &mut scratch[..];
+        match p.stream.read(buf) {
             Ok(0) => {
                 p.eof = true;
                 close = true;

@@ -15,7 +15,7 @@ use mio::{Events, Poll, Token};
 
 use crate::audit::End;
 use crate::config::{Limits, Mode};
-use crate::conn::{Conn, Ctx, Done, Wake, drive};
+use crate::conn::{Conn, Ctx, Done, SCRATCH, Wake, drive};
 use crate::metrics::{Counters, Metrics};
 use crate::pool::{Owner, Pool};
 use crate::service::WakeQueue;
@@ -63,6 +63,8 @@ pub(crate) struct Worker {
     pool: Pool,
     /// Connections whose handlers were woken from other threads.
     wake: Arc<WakeQueue>,
+    /// The read buffer for plain sides and upstreams (see [`Ctx::scratch`]).
+    scratch: Vec<u8>,
 }
 
 impl Worker {
@@ -91,6 +93,7 @@ impl Worker {
             accept_warned: None,
             pool: Pool::new(),
             wake: Arc::new(WakeQueue::new(waker)),
+            scratch: vec![0; SCRATCH],
         }
     }
 
@@ -346,6 +349,7 @@ impl Worker {
             counters: &mut self.local,
             limits: &self.shared.limits,
             wake: &self.wake,
+            scratch: &mut self.scratch,
         };
         let mut done = drive(c, wake, now, &mut ctx);
         if let Done::ConnectUpstream(addr) = done {
