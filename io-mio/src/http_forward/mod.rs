@@ -527,3 +527,169 @@ pub(crate) fn tls_failure(err: &onerecord_tls::Error) -> (u16, &'static str, Str
         _ => (502, "tls", format!("TLS failed: {err}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::{UpstreamEnd, UpstreamOp};
+    use onerecord_tls::Time;
+    use onerecord_tls_tests::Ca;
+
+    fn policy() -> ClientPolicy {
+        ClientPolicy::builder(Ca::new("Unit CA").trust())
+            .build(Time::now())
+            .unwrap()
+    }
+
+    fn handler(proxy: &ForwardProxy) -> Box<dyn Handler> {
+        let cfg = &proxy.shared.cfg;
+        http_proxy::forward_handler(
+            HeadLimits {
+                max_request_line: cfg.max_request_line,
+                max_head: cfg.max_head,
+                max_headers: cfg.max_headers,
+            },
+            cfg.upstream_timeout,
+            "127.0.0.1:5000".parse().unwrap(),
+            Route {
+                shared: Arc::clone(&proxy.shared),
+                dest: None,
+                target: None,
+            },
+        )
+    }
+
+    fn out(reply: &Reply) -> String {
+        String::from_utf8_lossy(&reply.out).into_owned()
+    }
+
+    const GET: &[u8] = b"GET http://p.example:8443/x HTTP/1.1\r\nHost: p.example:8443\r\n\r\n";
+
+    #[test]
+    fn a_request_opens_a_tls_connection_verified_for_the_targets_host() {
+        let mut cfg = ForwardProxyConfig::new(Some(policy()));
+        cfg.resolve
+            .push(("p.example:8443".into(), "127.0.0.1:9443".parse().unwrap()));
+        let proxy = ForwardProxy::new(cfg).unwrap();
+        let mut h = handler(&proxy);
+        let mut r = Reply::default();
+        h.on_data(GET, &mut r);
+        match &r.upstream[..] {
+            [
+                UpstreamOp::Open {
+                    addr,
+                    fresh: false,
+                    tls: Some((name, _)),
+                },
+                UpstreamOp::Write(head),
+            ] => {
+                assert_eq!(addr.to_string(), "127.0.0.1:9443");
+                assert_eq!(name, "p.example");
+                assert!(head.starts_with(b"GET /x HTTP/1.1\r\nHost: p.example:8443\r\n"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(proxy.stats()["p.example:8443"].requests, 1);
+    }
+
+    #[test]
+    fn a_connection_not_set_up_within_the_connect_timeout_gives_504() {
+        let mut cfg = ForwardProxyConfig::new(Some(policy()));
+        cfg.connect_timeout = Duration::from_millis(1);
+        cfg.resolve
+            .push(("p.example:8443".into(), "127.0.0.1:9443".parse().unwrap()));
+        let proxy = ForwardProxy::new(cfg).unwrap();
+        let mut h = handler(&proxy);
+        h.on_data(GET, &mut Reply::default());
+        std::thread::sleep(Duration::from_millis(5));
+        let mut r = Reply::default();
+        h.on_wake(&mut r);
+        let text = out(&r);
+        assert!(text.starts_with("HTTP/1.1 504 "), "{text}");
+        assert!(
+            text.contains("p.example:8443 could not be connected within 0.001s"),
+            "{text}"
+        );
+        assert!(r.close);
+        assert_eq!(
+            proxy.stats()["p.example:8443"].failures["connect_timeout"],
+            1
+        );
+    }
+
+    #[test]
+    fn a_pooled_connection_that_closes_before_answering_is_retried_once_on_a_new_one() {
+        let mut cfg = ForwardProxyConfig::new(Some(policy()));
+        cfg.resolve
+            .push(("p.example:8443".into(), "127.0.0.1:9443".parse().unwrap()));
+        let proxy = ForwardProxy::new(cfg).unwrap();
+        let mut h = handler(&proxy);
+        h.on_data(GET, &mut Reply::default());
+        let mut r = Reply {
+            upstream_reused: Some(true),
+            ..Reply::default()
+        };
+        h.on_upstream_closed(UpstreamEnd::Eof, &mut r);
+        assert!(r.out.is_empty(), "{}", out(&r));
+        assert!(matches!(
+            &r.upstream[..],
+            [UpstreamOp::Open { fresh: true, tls: Some(_), .. }, UpstreamOp::Write(w)]
+                if w.starts_with(b"GET /x ")
+        ));
+        // The new one fails too: 502, no second retry.
+        let mut r = Reply {
+            upstream_reused: Some(false),
+            ..Reply::default()
+        };
+        h.on_upstream_closed(UpstreamEnd::Eof, &mut r);
+        let text = out(&r);
+        assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
+        assert!(
+            text.contains("p.example:8443 closed the connection before a response"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_destination_without_a_policy_gets_403_and_a_bad_config_names_its_field() {
+        let mut cfg = ForwardProxyConfig::new(None);
+        cfg.partners
+            .push(Partner::new(["*.partner.example"], policy()));
+        let proxy = ForwardProxy::new(cfg.clone()).unwrap();
+        let mut h = handler(&proxy);
+        let mut r = Reply::default();
+        h.on_data(GET, &mut r);
+        let text = out(&r);
+        assert!(text.starts_with("HTTP/1.1 403 Forbidden"), "{text}");
+        assert!(
+            text.contains("destination p.example:8443 has no TLS policy"),
+            "{text}"
+        );
+        assert!(
+            !r.upstream
+                .iter()
+                .any(|op| matches!(op, UpstreamOp::Open { .. }))
+        );
+
+        cfg.allow.push("*.*.example".into());
+        let err = ForwardProxy::new(cfg).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "allow: \"*.*.example\" is not a destination (HOST[:PORT] or *.parent[:PORT])"
+        );
+        assert_eq!(
+            ForwardProxy::new(ForwardProxyConfig::new(None)).unwrap_err(),
+            ForwardProxyConfigError::NoPolicy
+        );
+        let mut cfg = ForwardProxyConfig::new(Some(policy()));
+        cfg.resolve
+            .push(("p.example".into(), "127.0.0.1:1".parse().unwrap()));
+        assert!(matches!(
+            ForwardProxy::new(cfg),
+            Err(ForwardProxyConfigError::InvalidDestination {
+                field: "resolve",
+                ..
+            })
+        ));
+    }
+}
