@@ -9,8 +9,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use onerecord_tls::{ClientPolicy, ServerPolicy, Time};
@@ -20,6 +20,54 @@ use onerecord_tls_mio::{
 };
 use onerecord_tls_tests::{Ca, Identity, LeafSpec};
 use serde_json::Value;
+
+/// The `onerecord::partner` log lines of this process, as `LEVEL message key=value ...`.
+static PARTNER_LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct PartnerLog;
+
+impl log::Log for PartnerLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.target() == "onerecord::partner"
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        struct Fields(String);
+        impl<'kvs> log::kv::VisitSource<'kvs> for Fields {
+            fn visit_pair(
+                &mut self,
+                key: log::kv::Key<'kvs>,
+                value: log::kv::Value<'kvs>,
+            ) -> Result<(), log::kv::Error> {
+                self.0.push_str(&format!(" {key}={value}"));
+                Ok(())
+            }
+        }
+        if self.enabled(record.metadata()) {
+            let mut fields = Fields(format!("{} {}", record.level(), record.args()));
+            let _ = record.key_values().visit(&mut fields);
+            PARTNER_LOG.lock().unwrap().push(fields.0);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// The partner log lines that mention `needle`.
+fn partner_log(needle: &str) -> Vec<String> {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let _ = log::set_logger(&PartnerLog);
+        log::set_max_level(log::LevelFilter::Info);
+    });
+    PARTNER_LOG
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(needle))
+        .cloned()
+        .collect()
+}
 
 /// A temporary directory, removed on drop.
 struct Dir(PathBuf);
@@ -265,25 +313,12 @@ impl Egress {
 
     /// curl through the proxy: (status, body).
     fn curl(&self, url: &str, args: &[&str]) -> (u16, String) {
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "30", "-o", "-", "-w", "\n%{http_code}"])
-            .arg("-x")
-            .arg(format!("https://localhost:{}", self.addr.port()))
-            .arg("--proxy-cacert")
-            .arg(self.dir.0.join("local-ca.pem"))
-            .args(args)
-            .arg(url)
-            .output()
-            .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        let status = code.trim().parse().unwrap_or_else(|_| {
-            panic!(
-                "curl {url}: {text:?} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (status, body.to_string())
+        curl_via(
+            self.addr.port(),
+            &self.dir.0.join("local-ca.pem"),
+            url,
+            args,
+        )
     }
 
     /// Raw bytes over one TLS connection to the proxy; what it sent until it closed.
@@ -304,6 +339,29 @@ impl Drop for Egress {
     fn drop(&mut self) {
         self.server.shutdown();
     }
+}
+
+/// curl through the proxy on `port` (its certificate from `local_ca`): (status, body).
+fn curl_via(port: u16, local_ca: &Path, url: &str, args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-o", "-", "-w", "\n%{http_code}"])
+        .arg("-x")
+        .arg(format!("https://localhost:{port}"))
+        .arg("--proxy-cacert")
+        .arg(local_ca)
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let status = code.trim().parse().unwrap_or_else(|_| {
+        panic!(
+            "curl {url}: {text:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (status, body.to_string())
 }
 
 /// A proxy whose only partner is `partner` (as `localhost:PORT`) under our policy.
@@ -388,6 +446,36 @@ fn requests_from_many_curl_processes_share_one_partner_connection() {
         idle.get(&format!("localhost:{}", partner.addr.port())),
         Some(&1)
     );
+}
+
+#[test]
+fn concurrent_curl_processes_share_a_few_partner_connections() {
+    let pki = Pki::new();
+    let partner = LibraryPartner::start(pki.partner_policy(&pki.ca), None);
+    let egress = egress_to(&pki, partner.addr);
+    let url = format!("http://localhost:{}/x", partner.addr.port());
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (port, ca) = (egress.addr.port(), egress.dir.0.join("local-ca.pem"));
+            let url = url.clone();
+            std::thread::spawn(move || {
+                for _ in 0..5 {
+                    let (status, body) = curl_via(port, &ca, &url, &[]);
+                    assert_eq!(status, 200, "{body}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // Twenty requests from twenty curl processes, at most four at a time: at most four
+    // TLS connections to the partner.
+    let (full, resumed) = partner.handshakes();
+    assert!((1..=4).contains(&(full + resumed)), "{full} + {resumed}");
+    let s = &egress.proxy.stats()[&format!("localhost:{}", partner.addr.port())];
+    assert_eq!(s.requests, 20);
+    assert_eq!(s.connections, full + resumed);
 }
 
 #[test]
@@ -490,6 +578,7 @@ fn a_partner_that_refuses_our_certificate_gives_502_naming_the_alert() {
     let partner = LibraryPartner::start(pki.partner_policy(&other), None);
     let egress = egress_to(&pki, partner.addr);
     let dest = format!("localhost:{}", partner.addr.port());
+    partner_log(""); // installs the logger
     let (status, body) = egress.curl(&format!("http://{dest}/x"), &[]);
     assert_eq!(status, 502, "{body}");
     assert!(
@@ -497,6 +586,20 @@ fn a_partner_that_refuses_our_certificate_gives_502_naming_the_alert() {
         "{body}"
     );
     assert_eq!(egress.proxy.stats()[&dest].failures["refused"], 1);
+    // The same cause in a WARN line with key=value fields.
+    let lines = partner_log(&format!("partner={dest} "));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("WARN partner request failed"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(" status=502 reason=refused cause="),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains(body.trim()), "{} / {body}", lines[0]);
 }
 
 #[test]
