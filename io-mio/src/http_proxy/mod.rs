@@ -13,6 +13,11 @@
 //! [`Handler`] here only moves bytes between them and the [`Reply`].
 //!
 //! What it does per request is documented on [`HttpProxy`].
+//!
+//! The same handler serves the egress forward proxy ([`crate::ForwardProxy`]): its `Route`
+//! is then `Forward` (each request to the destination its absolute-form target names, over
+//! TLS) instead of `Reverse` (one plain upstream), and `request` rewrites heads in its
+//! forward mode.
 
 mod body;
 mod request;
