@@ -60,7 +60,7 @@ pub(crate) fn log_access(mode: &Mode, remote: SocketAddr, local: SocketAddr, id:
     let spki = leaf.map_or_else(|| "-".to_string(), |l| l.spki_sha256.to_string());
     let sni = or_dash(id.server_name.as_deref());
     match mode {
-        Mode::Terminate { .. } => info!(
+        Mode::Terminate { .. } | Mode::Plain { .. } => info!(
             target: "onerecord::access",
             remote:% = remote, local:% = local, sni = sni, version:% = id.version,
             resumed = id.resumed(), cn = cn, uri = uri, serial = serial.as_str(),

@@ -31,6 +31,14 @@ pub enum Mode {
         /// Name to send as SNI and to verify the server certificate against.
         server_name: String,
     },
+    /// Accept plain TCP from local applications and hand each connection to `service`
+    /// ([`Service::accept_plain`]): no TLS on this side, so bind it to a loopback or otherwise
+    /// trusted address. The gateway's egress proxy runs here, with TLS towards the partners
+    /// through [`crate::Reply::upstream_open_tls`].
+    Plain {
+        /// The application.
+        service: Arc<dyn Service>,
+    },
 }
 
 /// The destination of a terminated TLS stream.

@@ -15,6 +15,8 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry};
 use onerecord_tls::{Event, Now, Reason, Session, Time};
 
+use crate::front::Front;
+
 use crate::audit::{End, log_access, log_close, log_refused, partner_failed};
 use crate::config::{Backend, Limits, Mode};
 use crate::metrics::Counters;
@@ -290,7 +292,7 @@ pub(crate) struct Prepared {
     mode: Mode,
     tls: Sock,
     plain: Option<Sock>,
-    session: Session,
+    session: Front,
     local: SocketAddr,
 }
 
@@ -300,7 +302,7 @@ pub(crate) struct Conn {
     mode: Mode,
     tls: Sock,
     plain: Option<Sock>,
-    session: Session,
+    session: Front,
     pub(crate) remote: SocketAddr,
     local: SocketAddr,
     listener: usize,
@@ -348,8 +350,9 @@ impl Conn {
             Mode::Terminate { policies, .. } => (
                 Sock::new(stream, true),
                 None,
-                Session::server(policies, now),
+                Front::Tls(Session::server(policies, now)),
             ),
+            Mode::Plain { .. } => (Sock::new(stream, true), None, Front::Plain(Box::default())),
             Mode::Originate {
                 policy,
                 connect,
@@ -361,7 +364,7 @@ impl Conn {
                 (
                     Sock::new(out, false),
                     Some(Sock::new(stream, true)),
-                    session,
+                    Front::Tls(session),
                 )
             }
         };
@@ -585,7 +588,8 @@ impl Conn {
     /// The close line of the audit log, when the access line was logged (it is logged when
     /// the session reports the handshake complete, so exactly when it is established).
     pub(crate) fn log_close(&self) {
-        if !self.session.is_established() {
+        // A plain side has no access line (its application logs what it does).
+        if !self.session.is_established() || self.session.is_plain() {
             return;
         }
         let end = self.end.clone().unwrap_or_else(|| {
@@ -600,7 +604,7 @@ impl Conn {
             }
         });
         let peer = match &self.mode {
-            Mode::Terminate { .. } => self.remote,
+            Mode::Terminate { .. } | Mode::Plain { .. } => self.remote,
             Mode::Originate { connect, .. } => *connect,
         };
         let cn = self.session.peer_identity().and_then(|id| id.common_name());
@@ -1002,7 +1006,9 @@ fn connects(c: &mut Conn, counters: &mut Counters) -> Option<Done> {
                 target: "onerecord::partner",
                 "cannot reach partner {connect} for {}: {e}", c.remote
             ),
-            Mode::Terminate { .. } => warn!("cannot reach TLS server for {}: {e}", c.remote),
+            Mode::Terminate { .. } | Mode::Plain { .. } => {
+                warn!("cannot reach TLS server for {}: {e}", c.remote)
+            }
         }
         return Some(Done::Remove);
     }
@@ -1035,6 +1041,10 @@ fn read_tls(c: &mut Conn, now: Instant, limits: &Limits, counters: &mut Counters
     match c.tls.stream.read(buf) {
         Ok(0) => {
             c.tls.eof = true;
+            if c.session.is_plain() {
+                // The plain side's close: reported by the next `process`.
+                let _ = c.session.received_eof();
+            }
             true
         }
         Ok(n) => {
@@ -1067,6 +1077,20 @@ fn run_session(
     at: Instant,
     upstream: &mut Option<SocketAddr>,
 ) -> bool {
+    if matches!(c.app, App::Waiting)
+        && let Mode::Plain { service } = &c.mode
+    {
+        // A plain listener: no handshake, the service decides at once.
+        match service.accept_plain(c.remote, c.local) {
+            Some(h) => c.app = App::Handler(h),
+            None => {
+                ctx.counters.refused_by_service += 1;
+                crate::audit::log_refused_by_service(c.remote, c.listener, None);
+                c.app = App::Refused;
+                c.life.close_after_flush();
+            }
+        }
+    }
     let mut reply = c.reply(ctx.wake);
     let counters = &mut *ctx.counters;
     let Conn {
@@ -1135,6 +1159,8 @@ fn run_session(
                     }
                 },
                 Mode::Originate { .. } => *app = App::Plain,
+                // A plain side reports no handshake.
+                Mode::Plain { .. } => {}
             }
         }
         Event::Data(d) => match app {

@@ -64,6 +64,7 @@ mod audit;
 pub mod client;
 mod config;
 mod conn;
+mod front;
 pub mod http;
 mod http_forward;
 mod http_proxy;

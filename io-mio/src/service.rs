@@ -33,6 +33,14 @@ pub trait Service: Send + Sync + 'static {
     /// Accept the peer (return its handler) or refuse it (`None`: the connection gets
     /// `close_notify` and is closed, and a line is logged).
     fn accept(&self, peer: &Peer<'_>) -> Option<Box<dyn Handler>>;
+
+    /// A connection on a plain TCP listener ([`crate::Mode::Plain`]): there is no TLS, so no
+    /// identity, only the addresses. The default refuses it (the connection is closed and a
+    /// line is logged).
+    fn accept_plain(&self, remote: SocketAddr, local: SocketAddr) -> Option<Box<dyn Handler>> {
+        let _ = (remote, local);
+        None
+    }
 }
 
 /// One accepted connection's application logic.

@@ -2,8 +2,8 @@
 //! (`-x`, absolute-form requests), partners on loopback: `openssl s_server -www` requiring a
 //! client certificate, and the library's own mTLS server in front of the Python upstream
 //! (`tests/upstream/echo_server.py`, which echoes what reached it). The local side of the
-//! proxy is TLS here (curl `--proxy-cacert`), because the library's listeners hand a
-//! `Service` only terminated TLS. Loopback only, free ports.
+//! proxy is plain TCP (`Mode::Plain`), as applications' proxy settings speak it. Loopback
+//! only, free ports.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use onerecord_tls::{ClientPolicy, ServerPolicy, Time};
 use onerecord_tls_mio::{
-    Backend, Client, ForwardProxy, ForwardProxyConfig, HttpProxy, HttpProxyConfig, Limits,
-    Listener, Mode, Partner, ServerConfig, ServerHandle,
+    Backend, ForwardProxy, ForwardProxyConfig, HttpProxy, HttpProxyConfig, Limits, Listener, Mode,
+    Partner, ServerConfig, ServerHandle,
 };
 use onerecord_tls_tests::{Ca, Identity, LeafSpec};
 use serde_json::Value;
@@ -268,31 +268,21 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The forward proxy in-process, its local side over TLS (certificate for `localhost`).
+/// The forward proxy in-process, its local side plain TCP on 127.0.0.1.
 struct Egress {
     server: ServerHandle,
     addr: SocketAddr,
     proxy: ForwardProxy,
-    ca: Ca,
-    dir: Dir,
 }
 
 impl Egress {
     fn start(cfg: ForwardProxyConfig) -> Self {
-        let dir = Dir::new();
-        let ca = Ca::new("Local Proxy CA");
-        let id = ca.issue(&LeafSpec::server().around_wall_clock());
-        std::fs::write(dir.0.join("local-ca.pem"), ca.pem()).unwrap();
-        let policy = ServerPolicy::builder(id.chain.clone(), id.key())
-            .build(Time::now())
-            .expect("local policy");
         let proxy = ForwardProxy::new(cfg).expect("forward proxy config");
         let server = onerecord_tls_mio::start(ServerConfig {
             listeners: vec![Listener {
                 addr: "127.0.0.1:0".parse().unwrap(),
-                mode: Mode::Terminate {
-                    policies: policy.into_set(),
-                    backend: Backend::Service(Arc::new(proxy.clone())),
+                mode: Mode::Plain {
+                    service: Arc::new(proxy.clone()),
                 },
             }],
             // One worker: one pool, so connection counts are exact.
@@ -306,28 +296,18 @@ impl Egress {
             server,
             addr,
             proxy,
-            ca,
-            dir,
         }
     }
 
     /// curl through the proxy: (status, body).
     fn curl(&self, url: &str, args: &[&str]) -> (u16, String) {
-        curl_via(
-            self.addr.port(),
-            &self.dir.0.join("local-ca.pem"),
-            url,
-            args,
-        )
+        curl_via(self.addr.port(), url, args)
     }
 
-    /// Raw bytes over one TLS connection to the proxy; what it sent until it closed.
+    /// Raw bytes over one TCP connection to the proxy; what it sent until it closed.
     fn raw(&self, request: &[u8]) -> String {
-        let policy = ClientPolicy::builder(self.ca.trust())
-            .build(Time::now())
-            .expect("client policy");
-        let client = Client::new(policy);
-        let mut s = client.connect(self.addr, "localhost").expect("connect");
+        let mut s = TcpStream::connect(self.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         s.write_all(request).expect("write");
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out);
@@ -341,14 +321,12 @@ impl Drop for Egress {
     }
 }
 
-/// curl through the proxy on `port` (its certificate from `local_ca`): (status, body).
-fn curl_via(port: u16, local_ca: &Path, url: &str, args: &[&str]) -> (u16, String) {
+/// curl through the proxy on 127.0.0.1:`port`: (status, body).
+fn curl_via(port: u16, url: &str, args: &[&str]) -> (u16, String) {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "30", "-o", "-", "-w", "\n%{http_code}"])
         .arg("-x")
-        .arg(format!("https://localhost:{port}"))
-        .arg("--proxy-cacert")
-        .arg(local_ca)
+        .arg(format!("http://127.0.0.1:{port}"))
         .args(args)
         .arg(url)
         .output()
@@ -456,11 +434,11 @@ fn concurrent_curl_processes_share_a_few_partner_connections() {
     let url = format!("http://localhost:{}/x", partner.addr.port());
     let threads: Vec<_> = (0..4)
         .map(|_| {
-            let (port, ca) = (egress.addr.port(), egress.dir.0.join("local-ca.pem"));
+            let port = egress.addr.port();
             let url = url.clone();
             std::thread::spawn(move || {
                 for _ in 0..5 {
-                    let (status, body) = curl_via(port, &ca, &url, &[]);
+                    let (status, body) = curl_via(port, &url, &[]);
                     assert_eq!(status, 200, "{body}");
                 }
             })

@@ -362,7 +362,20 @@ impl ForwardProxy {
 }
 
 impl Service for ForwardProxy {
+    /// Local applications over TLS (a TLS listener in front of the proxy).
     fn accept(&self, peer: &Peer<'_>) -> Option<Box<dyn Handler>> {
+        self.handler(peer.remote)
+    }
+
+    /// Local applications over plain TCP ([`crate::Mode::Plain`]): what `curl -x`, Java's
+    /// `http.proxyHost` and other HTTP clients' proxy settings speak.
+    fn accept_plain(&self, remote: SocketAddr, _local: SocketAddr) -> Option<Box<dyn Handler>> {
+        self.handler(remote)
+    }
+}
+
+impl ForwardProxy {
+    fn handler(&self, remote: SocketAddr) -> Option<Box<dyn Handler>> {
         let cfg = &self.shared.cfg;
         let limits = HeadLimits {
             max_request_line: cfg.max_request_line,
@@ -372,7 +385,7 @@ impl Service for ForwardProxy {
         Some(http_proxy::forward_handler(
             limits,
             cfg.upstream_timeout,
-            peer.remote,
+            remote,
             Route {
                 shared: Arc::clone(&self.shared),
                 dest: None,
