@@ -11,6 +11,7 @@
 
 mod config_file;
 mod dev;
+mod egress;
 mod exposition;
 mod logging;
 mod metrics_http;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use config_file::{ClientAuthMode, Labels, ListenerPlan, Plan, Site};
+use egress::EgressPlan;
 use log::{error, info, warn};
 use onerecord_tls::{
     ClientAuth, ClientPolicy, IdentityRule, Revocation, ServerPolicies, ServerPolicy, Sha256, Time,
@@ -70,6 +72,46 @@ Configuration file (server --config FILE, check --config FILE; or ONERECORD_GATE
     };
 }
 
+/// The client (egress) configuration file's keys and the egress proxy's behaviour.
+macro_rules! client_config_help {
+    () => {
+        "\
+Egress (client without --connect): an HTTP/1.1 forward proxy for the local application
+  (curl -x http://ADDR, Java -Dhttp.proxyHost/-Dhttp.proxyPort). Requests in absolute form,
+  http:// or https:// (default port 443 for both), each sent over TLS (mTLS with a client
+  certificate; never plaintext) to that host and port, verified for that name, in origin form
+  with the partner's Host; kept-alive connections pooled per partner and reused. CONNECT gets
+  405 (a tunnel would bypass the company's certificate and policy); a destination outside
+  --allow-destination gets 403; Proxy-* headers are not forwarded. A partner that refuses us
+  or fails verification: 502 naming it and the reason, and a WARN (onerecord::partner); DNS
+  failure or a refused connection: 502; connect or TLS timeout, response timeout: 504.
+
+Client configuration file (client --config FILE; or ONERECORD_GATEWAY_CLIENT_CONFIG;
+check --config takes it too: a file with a top-level listen, allow_destination or
+[[partner]] and no [[listener]] is a client file):
+  TOML, relative paths relative to its directory, errors as FILE:LINE:COL: key ...
+  listen = \"IP:PORT\"       the local address                               [required]
+  The common keys (workers, metrics, handshake_timeout, idle_timeout, drain_timeout,
+    reload_interval, max_connections, tls13_only, reuse_port), alpn = [..],
+    allow_destination = [\"HOST[:PORT]\", \"*.PARENT[:PORT]\"], resolve = [\"HOST:PORT:ADDR\"],
+    connect_timeout = SECS [10], upstream_timeout = SECS [60].
+  Defaults for every destination: ca, cert, key, crl = [..], crl_grace, verify_uri,
+    verify_cn, verify_dns, verify_spki. Without a top-level ca, only partners are reached
+    (other destinations get 403).
+  [[partner]]  hosts = [\"partner.example\", \"*.acme.example:8443\"]  [required]
+    cert, key    the client certificate presented to these hosts [default: the top-level]
+    ca, crl, crl_grace   [default: the top-level ones; crl only with the top-level ca]
+    verify_uri, verify_cn, verify_dns, verify_spki   identity the partner must show (any
+                 one set replaces the top-level rules)
+    address      \"IP\" or \"IP:PORT\": connect there instead of resolving the host
+  Contradictions (exit 2): cert without key (or key without cert), crl_grace without crl, a
+  host claimed by two partners, a partner host that allow_destination does not cover, a
+  partner without hosts or without any ca, --config with other client flags.
+  SIGHUP and reload_interval re-read the file; a partner whose files and settings did not
+  change keeps its pooled connections and sessions; listen does not change on reload."
+    };
+}
+
 /// Signals, logging, exit codes, the PROXY header.
 macro_rules! after_help {
     () => {
@@ -106,8 +148,11 @@ PROXY protocol v2 (server --upstream ADDR --proxy-protocol):
 /// What `--help` says after the options: signals, logging, exit codes, the PROXY header.
 const AFTER_HELP: &str = after_help!();
 
-/// What `check --help` says after the options: the configuration file's keys.
-const CONFIG_HELP: &str = config_help!();
+/// What `check --help` says after the options: the configuration files' keys.
+const CONFIG_HELP: &str = concat!(config_help!(), "\n\n", client_config_help!());
+
+/// What `client --help` says after the options: the egress proxy, its file, and the rest.
+const CLIENT_HELP: &str = concat!(client_config_help!(), "\n\n", after_help!());
 
 /// What `server --help` says after the options: both.
 const SERVER_HELP: &str = concat!(after_help!(), "\n\n", config_help!());
@@ -137,8 +182,10 @@ enum Command {
     /// Terminate TLS/mTLS and forward to an upstream, or answer with the peer's identity.
     #[command(after_help = SERVER_HELP)]
     Server(ServerArgs),
-    /// Accept plain TCP locally and forward it over TLS/mTLS to a ONE Record server.
-    #[command(after_help = AFTER_HELP)]
+    /// Egress: an HTTP/1.1 forward proxy that sends the local application's requests over
+    /// TLS/mTLS to its partners' ONE Record servers (or, with --connect, forward plain TCP to
+    /// one server).
+    #[command(after_help = CLIENT_HELP)]
     Client(ClientArgs),
     /// Generate a development PKI and run the server with mTLS on 127.0.0.1:8443.
     #[command(after_help = AFTER_HELP)]
@@ -307,18 +354,28 @@ struct ServerArgs {
 
 #[derive(Args, Debug, Clone)]
 struct ClientArgs {
-    /// Local plain-TCP address to listen on.
+    /// Read everything from this TOML client file instead of the flags below (the egress
+    /// proxy with [[partner]] entries: a client certificate, CA bundle, CRLs and identity
+    /// rules per partner; see README.md, "Egress"). Relative paths in it are relative to its
+    /// directory. Not combinable with the other client flags (exit 2); SIGHUP and
+    /// `reload_interval` re-read it.
+    #[arg(long, value_name = "FILE", env = "ONERECORD_GATEWAY_CLIENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Local plain-TCP address to listen on. Required without --config.
     #[arg(long, value_name = "ADDR")]
-    listen: SocketAddr,
-    /// The ONE Record server (HOST:PORT).
+    listen: Option<SocketAddr>,
+    /// The one ONE Record server (HOST:PORT) every local connection is forwarded to, as a
+    /// byte stream. Without it the gateway is the egress proxy: an HTTP/1.1 forward proxy
+    /// that sends each request over TLS to the partner its absolute URL names.
     #[arg(long, value_name = "HOST:PORT")]
-    connect: String,
-    /// Name to send as SNI and verify (default: HOST of --connect).
-    #[arg(long, value_name = "NAME")]
+    connect: Option<String>,
+    /// Name to send as SNI and verify (default: HOST of --connect). Only with --connect.
+    #[arg(long, value_name = "NAME", requires = "connect")]
     server_name: Option<String>,
-    /// CA bundle that the partner's server certificate must chain to.
+    /// CA bundle that the partner's server certificate must chain to. Required without
+    /// --config.
     #[arg(long, value_name = "FILE")]
-    ca: PathBuf,
+    ca: Option<PathBuf>,
     /// Client certificate chain (mTLS).
     #[arg(long, value_name = "FILE", requires = "key")]
     cert: Option<PathBuf>,
@@ -351,6 +408,24 @@ struct ClientArgs {
     /// Accept the partner only with this key: SPKI SHA-256 in hex (repeatable).
     #[arg(long, value_name = "HEX")]
     verify_spki: Vec<String>,
+    /// Egress: let the application reach only this destination (repeatable): HOST (any
+    /// port), HOST:PORT, or *.PARENT[:PORT] for every name under PARENT (a.PARENT,
+    /// b.a.PARENT; not PARENT itself). Other destinations get 403. Without any, every host
+    /// whose certificate chains to --ca may be reached (logged as a warning).
+    #[arg(long, value_name = "HOST[:PORT]", conflicts_with = "connect")]
+    allow_destination: Vec<String>,
+    /// Egress: connect to ADDR for requests to HOST on PORT instead of resolving HOST
+    /// (repeatable; as curl's --resolve). The partner is still verified for HOST.
+    #[arg(long, value_name = "HOST:PORT:ADDR", conflicts_with = "connect")]
+    resolve: Vec<String>,
+    /// Egress: seconds for a partner's TCP connection and TLS handshake before the
+    /// application gets 504 [default: 10].
+    #[arg(long, value_name = "SECS", conflicts_with = "connect")]
+    connect_timeout: Option<f64>,
+    /// Egress: seconds to wait for a partner's response head and for each read of its body
+    /// before the application gets 504 [default: 60].
+    #[arg(long, value_name = "SECS", conflicts_with = "connect")]
+    upstream_timeout: Option<f64>,
     #[command(flatten)]
     common: Common,
 }
@@ -936,6 +1011,9 @@ fn plan_watched(plan: &Plan) -> exposition::Watched {
 /// `check --config FILE`: parse, load every file, build every policy and backend plan,
 /// without binding; one line per site on stdout.
 fn check(path: &Path) -> Result<(), ConfigFail> {
+    if config_file::is_client_file(path) {
+        return check_client(path);
+    }
     let plan = Plan::from_file(path)?;
     secs(plan.common.idle_timeout, "idle_timeout")?;
     let mut lines = Vec::new();
@@ -975,17 +1053,109 @@ fn check(path: &Path) -> Result<(), ConfigFail> {
     Ok(())
 }
 
-fn client_mode(a: &ClientArgs) -> Result<Mode, ConfigFail> {
+/// `client`: the egress proxy (from `--config` or the flags), or with `--connect` the
+/// one-partner byte forwarder.
+fn client(a: &ClientArgs) -> Result<(), ConfigFail> {
+    if let Some(path) = &a.config {
+        return EgressPlan::from_file(path).and_then(serve_egress);
+    }
+    let Some(target) = &a.connect else {
+        return EgressPlan::from_flags(a).and_then(serve_egress);
+    };
+    let Some(listen) = a.listen else {
+        return Err(ConfigFail(
+            "--listen is required (or --config FILE)".to_string(),
+        ));
+    };
+    warn_crl_grace(a.crl_grace, "partners");
+    let mode = client_mode(a, target)?;
+    let listeners = vec![Listener { addr: listen, mode }];
+    let args = a.clone();
+    let target = target.clone();
+    let watched = exposition::watched(a.cert.as_deref(), a.ca.as_deref(), &a.crl);
+    run(listeners, &a.common, watched, move |_| {
+        client_mode(&args, &target).map(Reloaded::All)
+    })
+}
+
+/// The library backend of the egress proxy.
+///
+/// The one place where the forward proxy is constructed
+/// (`onerecord_tls_mio::ForwardProxy::new(ForwardProxyConfig { .. })` with the default policy,
+/// one entry per partner with its hosts, policy and connect address, the allow-list, the
+/// `--resolve` overrides and the timeouts); until that type is in this build, starting the
+/// egress proxy is a configuration error (`check` builds every policy and accepts the file).
+fn forward_proxy(plan: &EgressPlan, built: &egress::Built) -> Result<Mode, ConfigFail> {
+    let _ = built;
+    Err(ConfigFail(format!(
+        "--listen {}: egress proxy (forward proxy) not built yet",
+        plan.listen
+    )))
+}
+
+/// Run the egress proxy `plan` describes; a reload re-reads the file (or the files the flags
+/// name) and keeps every partner's policy whose files and settings did not change.
+fn serve_egress(plan: EgressPlan) -> Result<(), ConfigFail> {
+    egress::log_plan(&plan);
+    let built = egress::build(&plan, None)?;
+    let mode = forward_proxy(&plan, &built)?;
+    let listeners = vec![Listener {
+        addr: plan.listen,
+        mode,
+    }];
+    let watched = egress::watched(&plan);
+    let common = plan.common.clone();
+    let state = Mutex::new((plan, built));
+    run(listeners, &common, watched, move |_| {
+        let mut state = state
+            .lock()
+            .map_err(|_| ConfigFail("reload: an earlier reload panicked".to_string()))?;
+        let (running, previous) = &*state;
+        let fresh = match &running.file {
+            Some(path) => EgressPlan::from_file(path)?,
+            None => running.clone(),
+        };
+        if fresh.listen != running.listen {
+            warn!(
+                "{}: listen {} changed: the address does not change on reload (restart to \
+                 listen there)",
+                fresh.file.as_deref().unwrap_or(Path::new("")).display(),
+                fresh.listen
+            );
+        }
+        let built = egress::build(&fresh, Some(previous))?;
+        let mode = forward_proxy(&fresh, &built)?;
+        *state = (fresh, built);
+        Ok(Reloaded::All(mode))
+    })
+}
+
+/// `check --config FILE` for a client (egress) file: parse it, build every policy; one line
+/// per partner on stdout.
+fn check_client(path: &Path) -> Result<(), ConfigFail> {
+    let plan = EgressPlan::from_file(path)?;
+    let built = egress::build(&plan, None)?;
+    for line in egress::describe(&plan, &built) {
+        println!("{line}");
+    }
+    println!("{}: ok", path.display());
+    Ok(())
+}
+
+/// The one-partner byte forwarder (`client --connect HOST:PORT`).
+fn client_mode(a: &ClientArgs, target: &str) -> Result<Mode, ConfigFail> {
     let now = Time::now();
-    let connect = resolve(&a.connect, "--connect")?;
-    let host = a
-        .connect
+    let Some(ca) = &a.ca else {
+        return Err(ConfigFail("--ca is required".to_string()));
+    };
+    let connect = resolve(target, "--connect")?;
+    let host = target
         .rsplit_once(':')
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-        .unwrap_or(&a.connect);
+        .unwrap_or(target);
     let server_name = a.server_name.clone().unwrap_or_else(|| host.to_string());
-    let trust = TrustStore::from_pem_file(&a.ca).map_err(|e| file_err("--ca", e))?;
-    let crls = load_crls(&a.crl, &trust, "--crl", &format!("--ca {}", a.ca.display()))?;
+    let trust = TrustStore::from_pem_file(ca).map_err(|e| file_err("--ca", e))?;
+    let crls = load_crls(&a.crl, &trust, "--crl", &format!("--ca {}", ca.display()))?;
     let mut b = ClientPolicy::builder(trust)
         .versions(versions(&a.common))
         .handshake_timeout(secs(a.common.handshake_timeout, "--handshake-timeout")?);
@@ -1189,21 +1359,26 @@ fn run(
     Ok(())
 }
 
-/// `--config` says everything: any other server flag given on the command line with it is a
-/// contradiction (exit 2 naming the flag).
+/// `--config` says everything: any other server (client) flag given on the command line with
+/// it is a contradiction (exit 2 naming the flag).
 fn config_only(matches: &clap::ArgMatches) -> Result<(), ConfigFail> {
     use clap::parser::ValueSource;
-    let Some(("server", sub)) = matches.subcommand() else {
+    let Some((name @ ("server" | "client"), sub)) = matches.subcommand() else {
         return Ok(());
     };
     if sub.value_source("config").is_none() {
         return Ok(());
     }
     let cmd = <Cli as clap::CommandFactory>::command();
-    let Some(server) = cmd.find_subcommand("server") else {
+    let Some(command) = cmd.find_subcommand(name) else {
         return Ok(());
     };
-    for arg in server.get_arguments() {
+    let keys = if name == "server" {
+        "its global keys and [[listener.site]] keys are the server flags"
+    } else {
+        "its top-level keys are the client flags, [[partner]] entries add per-partner policies"
+    };
+    for arg in command.get_arguments() {
         let id = arg.get_id().as_str();
         if id == "config" || id == "log_format" {
             continue;
@@ -1216,7 +1391,7 @@ fn config_only(matches: &clap::ArgMatches) -> Result<(), ConfigFail> {
                 .unwrap_or_default();
             return Err(ConfigFail(format!(
                 "--config {config} cannot be combined with --{flag}: the file says everything \
-                 (its global keys and [[listener.site]] keys are the server flags)"
+                 ({keys})"
             )));
         }
     }
@@ -1342,20 +1517,7 @@ fn main() -> ExitCode {
             None => Plan::from_flags(&a).and_then(serve),
         }),
         Command::Check(c) => check(&c.config),
-        Command::Client(a) => {
-            warn_crl_grace(a.crl_grace, "partners");
-            client_mode(&a).and_then(|mode| {
-                let listeners = vec![Listener {
-                    addr: a.listen,
-                    mode,
-                }];
-                let args = a.clone();
-                let watched = exposition::watched(a.cert.as_deref(), Some(&a.ca), &a.crl);
-                run(listeners, &a.common, watched, move |_| {
-                    client_mode(&args).map(Reloaded::All)
-                })
-            })
-        }
+        Command::Client(a) => config_only(&matches).and_then(|()| client(&a)),
         Command::Dev(d) => dev::start(&d),
     };
     match result {
