@@ -195,7 +195,10 @@ pub struct Partner {
 impl Partner {
     /// What logs call it: its first host pattern.
     pub fn name(&self) -> String {
-        self.hosts.first().map(ToString::to_string).unwrap_or_default()
+        self.hosts
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default()
     }
 }
 
@@ -583,8 +586,16 @@ impl EgressPlan {
                 } else {
                     d.cert.clone()
                 },
-                key: if own_cert { i.key.clone() } else { d.key.clone() },
-                crl: if own_crl { i.crl.clone() } else { d.crl.clone() },
+                key: if own_cert {
+                    i.key.clone()
+                } else {
+                    d.key.clone()
+                },
+                crl: if own_crl {
+                    i.crl.clone()
+                } else {
+                    d.crl.clone()
+                },
                 crl_grace: if own_crl { i.crl_grace } else { d.crl_grace },
                 verify_uri: if own_rules {
                     i.verify_uri.clone()
@@ -622,8 +633,7 @@ impl EgressPlan {
 fn covers(a: &Destination, h: &Destination) -> bool {
     let port = a.port.is_none() || a.port == h.port;
     let host = a.host == h.host
-        || a
-            .host
+        || a.host
             .strip_prefix('*')
             .is_some_and(|suffix| h.host.ends_with(suffix) && h.host.len() > suffix.len());
     port && host
@@ -929,10 +939,12 @@ pub fn describe(plan: &EgressPlan, built: &Built) -> Vec<String> {
             i.ca.as_ref()
                 .map(|c| c.display().to_string())
                 .unwrap_or_default(),
-            i.cert.as_ref().map_or("no client certificate".to_string(), |c| format!(
-                "cert {}",
-                c.display()
-            )),
+            i.cert
+                .as_ref()
+                .map_or("no client certificate".to_string(), |c| format!(
+                    "cert {}",
+                    c.display()
+                )),
             i.verify_uri.len() + i.verify_cn.len() + i.verify_dns.len() + i.verify_spki.len(),
             i.crl.len(),
             if p.policy.warnings().is_empty() {
@@ -984,7 +996,9 @@ mod tests {
 
     #[test]
     fn destinations_parse_host_wildcard_and_port() {
-        let d = Destination::parse("Partner.Example:8443", "x").ok().unwrap();
+        let d = Destination::parse("Partner.Example:8443", "x")
+            .ok()
+            .unwrap();
         assert_eq!((d.host.as_str(), d.port), ("partner.example", Some(8443)));
         let w = Destination::parse("*.acme.example", "x").ok().unwrap();
         assert_eq!((w.host.as_str(), w.port), ("*.acme.example", None));
@@ -1007,7 +1021,10 @@ mod tests {
     fn an_allow_entry_covers_its_name_its_subdomains_and_ports() {
         let d = |s: &str| Destination::parse(s, "x").ok().unwrap();
         assert!(covers(&d("partner.example"), &d("partner.example:8443")));
-        assert!(!covers(&d("partner.example:443"), &d("partner.example:8443")));
+        assert!(!covers(
+            &d("partner.example:443"),
+            &d("partner.example:8443")
+        ));
         assert!(covers(&d("*.acme.example"), &d("a.b.acme.example")));
         assert!(covers(&d("*.acme.example"), &d("*.x.acme.example")));
         assert!(!covers(&d("*.acme.example"), &d("acme.example")));
@@ -1016,13 +1033,19 @@ mod tests {
 
     #[test]
     fn resolve_takes_host_port_and_an_ip_address() {
-        let r = Resolve::parse("Partner.example:8443:127.0.0.1").ok().unwrap();
+        let r = Resolve::parse("Partner.example:8443:127.0.0.1")
+            .ok()
+            .unwrap();
         assert_eq!(r.host, "partner.example");
         assert_eq!(r.port, 8443);
         assert_eq!(r.addr, "127.0.0.1".parse::<IpAddr>().unwrap());
         let v6 = Resolve::parse("p.example:443:[::1]").ok().unwrap();
         assert_eq!(v6.addr, "::1".parse::<IpAddr>().unwrap());
-        for bad in ["p.example:443", "p.example:x:127.0.0.1", "p.example:443:name"] {
+        for bad in [
+            "p.example:443",
+            "p.example:x:127.0.0.1",
+            "p.example:443:name",
+        ] {
             assert!(Resolve::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

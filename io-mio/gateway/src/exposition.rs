@@ -83,6 +83,69 @@ impl Files {
     }
 }
 
+/// One egress destination's counters (`host:port`), as the forward proxy's `stats()` reports
+/// them, with its idle pool size (`Counters::upstream_idle`, label `server_name:port`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DestinationStats {
+    /// `host:port`.
+    pub destination: String,
+    /// Requests the application sent to it.
+    pub requests: u64,
+    /// TLS connections opened to it.
+    pub connections: u64,
+    /// Completed full handshakes.
+    pub handshakes_full: u64,
+    /// Completed resumed handshakes.
+    pub handshakes_resumed: u64,
+    /// Failures by reason (`refused_by_partner`, `verification`, `dns`, `connect`,
+    /// `connect_timeout`, `tls_timeout`, `response_timeout`, ... as the proxy names them).
+    pub failures: Vec<(String, u64)>,
+    /// Idle pooled connections now.
+    pub idle: u64,
+}
+
+/// Where the egress proxy's per-destination counters come from: the running proxy (a reload
+/// installs the new one's).
+#[derive(Default)]
+pub struct Egress {
+    source: Mutex<Option<EgressSource>>,
+}
+
+/// A function that reads the running egress proxy's counters.
+pub type EgressSource = Box<dyn Fn() -> Vec<DestinationStats> + Send + Sync>;
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Egress").finish_non_exhaustive()
+    }
+}
+
+impl Egress {
+    /// Read the counters from `source` from now on.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "main::forward_proxy calls it once the library's ForwardProxy is in this build"
+        )
+    )]
+    pub fn set(&self, source: EgressSource) {
+        if let Ok(mut s) = self.source.lock() {
+            *s = Some(source);
+        }
+    }
+
+    /// The counters now, by destination.
+    fn read(&self) -> Vec<DestinationStats> {
+        let mut v = match self.source.lock() {
+            Ok(s) => s.as_ref().map(|f| f()).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        v.sort_by(|a, b| a.destination.cmp(&b.destination));
+        v
+    }
+}
+
 /// What started a reload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
@@ -107,6 +170,7 @@ struct Reloads {
 pub struct Status {
     metrics: Metrics,
     watched: Watched,
+    egress: Option<Arc<Egress>>,
     ready: AtomicBool,
     started: f64,
     reloads: Mutex<Reloads>,
@@ -119,11 +183,13 @@ fn unix_now() -> f64 {
 }
 
 impl Status {
-    /// The status of a gateway whose policy was built from `watched` (read now).
-    pub fn new(metrics: Metrics, watched: Watched) -> Arc<Self> {
+    /// The status of a gateway whose policy was built from `watched` (read now); `egress`:
+    /// the egress proxy's per-destination counters.
+    pub fn new(metrics: Metrics, watched: Watched, egress: Option<Arc<Egress>>) -> Arc<Self> {
         let s = Arc::new(Self {
             metrics,
             watched,
+            egress,
             ready: AtomicBool::new(false),
             started: unix_now(),
             reloads: Mutex::new(Reloads::default()),
@@ -363,6 +429,10 @@ impl Collector for Status {
             }),
         )?;
 
+        if let Some(egress) = &self.egress {
+            destinations(&mut enc, &egress.read())?;
+        }
+
         let (files, last_success, last_ok, failures) = match self.reloads.lock() {
             Ok(r) => (r.files.clone(), r.last_success, r.last_ok, r.failures),
             Err(_) => (Files::default(), 0.0, false, [0; 2]),
@@ -455,6 +525,63 @@ impl Collector for Status {
     }
 }
 
+/// The egress proxy's families, one sample (set) per destination.
+fn destinations(enc: &mut DescriptorEncoder, d: &[DestinationStats]) -> std::fmt::Result {
+    let dest = |s: &DestinationStats| l("destination", s.destination.clone());
+    family(
+        enc,
+        "onerecord_egress_requests",
+        "Egress: requests the application sent, by destination (host:port).",
+        d.iter()
+            .map(|s| (vec![dest(s)], ConstCounter::new(s.requests))),
+    )?;
+    family(
+        enc,
+        "onerecord_egress_connections",
+        "Egress: TLS connections opened to each destination (a request on a pooled \
+         connection opens none).",
+        d.iter()
+            .map(|s| (vec![dest(s)], ConstCounter::new(s.connections))),
+    )?;
+    family(
+        enc,
+        "onerecord_egress_handshakes",
+        "Egress: completed handshakes with each destination, full or resumed.",
+        d.iter().flat_map(|s| {
+            [
+                (
+                    vec![dest(s), l("kind", "full")],
+                    ConstCounter::new(s.handshakes_full),
+                ),
+                (
+                    vec![dest(s), l("kind", "resumed")],
+                    ConstCounter::new(s.handshakes_resumed),
+                ),
+            ]
+        }),
+    )?;
+    family(
+        enc,
+        "onerecord_egress_failures",
+        "Egress: failed requests by destination and reason (the application got 502 or 504).",
+        d.iter().flat_map(|s| {
+            s.failures.iter().map(|(reason, n)| {
+                (
+                    vec![dest(s), l("reason", reason.clone())],
+                    ConstCounter::new(*n),
+                )
+            })
+        }),
+    )?;
+    family(
+        enc,
+        "onerecord_egress_pool_idle_connections",
+        "Egress: idle kept-alive TLS connections pooled for each destination now.",
+        d.iter()
+            .map(|s| (vec![dest(s)], ConstGauge::new(s.idle as i64))),
+    )
+}
+
 /// `process_*` from `/proc/self` (Linux): CPU, memory, descriptors.
 #[cfg(target_os = "linux")]
 fn process(enc: &mut DescriptorEncoder) -> std::fmt::Result {
@@ -537,5 +664,60 @@ pub fn watched(own: Option<&Path>, ca: Option<&Path>, crl: &[PathBuf]) -> Watche
         own: own.map(Path::to_path_buf).into_iter().collect(),
         ca: ca.map(Path::to_path_buf).into_iter().collect(),
         crl: crl.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(dest: &str, requests: u64, connections: u64, idle: u64) -> DestinationStats {
+        DestinationStats {
+            destination: dest.to_string(),
+            requests,
+            connections,
+            handshakes_full: 1,
+            handshakes_resumed: connections - 1,
+            failures: vec![("refused_by_partner".to_string(), 2)],
+            idle,
+        }
+    }
+
+    #[test]
+    fn egress_counters_are_exported_per_destination() {
+        let egress = Arc::new(Egress::default());
+        let status = Status::new(Metrics::default(), Watched::default(), Some(egress.clone()));
+        let (before, _) = status.render(false);
+        assert!(!before.contains("onerecord_egress_"), "{before}");
+        egress.set(Box::new(|| {
+            vec![
+                stats("b.example:443", 7, 3, 2),
+                stats("a.example:8443", 40, 2, 1),
+            ]
+        }));
+        let (text, _) = status.render(false);
+        for line in [
+            "onerecord_egress_requests_total{destination=\"a.example:8443\"} 40",
+            "onerecord_egress_requests_total{destination=\"b.example:443\"} 7",
+            "onerecord_egress_connections_total{destination=\"a.example:8443\"} 2",
+            "onerecord_egress_handshakes_total{destination=\"b.example:443\",kind=\"resumed\"} 2",
+            "onerecord_egress_handshakes_total{destination=\"b.example:443\",kind=\"full\"} 1",
+            "onerecord_egress_failures_total{destination=\"a.example:8443\",reason=\"refused_by_partner\"} 2",
+            "onerecord_egress_pool_idle_connections{destination=\"b.example:443\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        // Sorted by destination: a.example before b.example.
+        let a = text.find("destination=\"a.example:8443\"");
+        let b = text.find("destination=\"b.example:443\"");
+        assert!(a < b, "{text}");
+    }
+
+    #[test]
+    fn a_gateway_without_egress_exports_no_egress_families() {
+        let status = Status::new(Metrics::default(), Watched::default(), None);
+        let (text, _) = status.render(true);
+        assert!(!text.contains("onerecord_egress_"), "{text}");
+        assert!(text.contains("onerecord_connections_active"), "{text}");
     }
 }

@@ -226,6 +226,10 @@ struct Common {
     /// onerecord_plaintext_http_total, onerecord_idle_timeouts_total,
     /// onerecord_upstream_errors_total, onerecord_upstream_connections_total{kind},
     /// onerecord_accept_errors_total,
+    /// client egress proxy, per destination (host:port): onerecord_egress_requests_total,
+    /// onerecord_egress_connections_total (TLS connections opened),
+    /// onerecord_egress_handshakes_total{kind} (full, resumed),
+    /// onerecord_egress_failures_total{reason}, onerecord_egress_pool_idle_connections;
     /// onerecord_certificate_expiry_seconds{listener},
     /// onerecord_certificate_not_after_timestamp_seconds{file,role,subject},
     /// onerecord_crl_next_update_timestamp_seconds{file,issuer},
@@ -1073,7 +1077,7 @@ fn client(a: &ClientArgs) -> Result<(), ConfigFail> {
     let args = a.clone();
     let target = target.clone();
     let watched = exposition::watched(a.cert.as_deref(), a.ca.as_deref(), &a.crl);
-    run(listeners, &a.common, watched, move |_| {
+    run(listeners, &a.common, watched, None, move |_| {
         client_mode(&args, &target).map(Reloaded::All)
     })
 }
@@ -1085,8 +1089,14 @@ fn client(a: &ClientArgs) -> Result<(), ConfigFail> {
 /// one entry per partner with its hosts, policy and connect address, the allow-list, the
 /// `--resolve` overrides and the timeouts); until that type is in this build, starting the
 /// egress proxy is a configuration error (`check` builds every policy and accepts the file).
-fn forward_proxy(plan: &EgressPlan, built: &egress::Built) -> Result<Mode, ConfigFail> {
-    let _ = built;
+/// `stats` gets the proxy's per-destination counters (`ForwardProxy::stats()`, with the idle
+/// pool sizes of `Counters::upstream_idle`).
+fn forward_proxy(
+    plan: &EgressPlan,
+    built: &egress::Built,
+    stats: &exposition::Egress,
+) -> Result<Mode, ConfigFail> {
+    let _ = (built, stats);
     Err(ConfigFail(format!(
         "--listen {}: egress proxy (forward proxy) not built yet",
         plan.listen
@@ -1098,7 +1108,8 @@ fn forward_proxy(plan: &EgressPlan, built: &egress::Built) -> Result<Mode, Confi
 fn serve_egress(plan: EgressPlan) -> Result<(), ConfigFail> {
     egress::log_plan(&plan);
     let built = egress::build(&plan, None)?;
-    let mode = forward_proxy(&plan, &built)?;
+    let stats = Arc::new(exposition::Egress::default());
+    let mode = forward_proxy(&plan, &built, &stats)?;
     let listeners = vec![Listener {
         addr: plan.listen,
         mode,
@@ -1106,7 +1117,8 @@ fn serve_egress(plan: EgressPlan) -> Result<(), ConfigFail> {
     let watched = egress::watched(&plan);
     let common = plan.common.clone();
     let state = Mutex::new((plan, built));
-    run(listeners, &common, watched, move |_| {
+    let reload_stats = stats.clone();
+    run(listeners, &common, watched, Some(stats), move |_| {
         let mut state = state
             .lock()
             .map_err(|_| ConfigFail("reload: an earlier reload panicked".to_string()))?;
@@ -1124,7 +1136,7 @@ fn serve_egress(plan: EgressPlan) -> Result<(), ConfigFail> {
             );
         }
         let built = egress::build(&fresh, Some(previous))?;
-        let mode = forward_proxy(&fresh, &built)?;
+        let mode = forward_proxy(&fresh, &built, &reload_stats)?;
         *state = (fresh, built);
         Ok(Reloaded::All(mode))
     })
@@ -1222,11 +1234,12 @@ enum Reloaded {
 
 /// Run until SIGINT/SIGTERM; SIGHUP (and the reload interval) calls `reload` with the running
 /// mode of each listener. `watched` names the files the policies are built from (their dates
-/// are reported as metrics).
+/// are reported as metrics); `egress`, the egress proxy's per-destination counters.
 fn run(
     listeners: Vec<Listener>,
     common: &Common,
     watched: exposition::Watched,
+    egress: Option<Arc<exposition::Egress>>,
     reload: impl Fn(&[Option<Mode>]) -> Result<Reloaded, ConfigFail> + Send + Sync + 'static,
 ) -> Result<(), ConfigFail> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -1255,7 +1268,7 @@ fn run(
     })
     .map_err(|e| ConfigFail(format!("--listen {e}")))?;
     let handle = Arc::new(handle);
-    let status = exposition::Status::new(handle.metrics().clone(), watched);
+    let status = exposition::Status::new(handle.metrics().clone(), watched, egress);
     if let Some(m) = common.metrics {
         metrics_http::serve(m, status.clone())
             .map_err(|e| ConfigFail(format!("--metrics {m}: {e}")))?;
@@ -1433,7 +1446,7 @@ fn serve_with(plan: Plan, modes: Vec<Mode>) -> Result<(), ConfigFail> {
     let common = plan.common.clone();
     // A reload keeps the ticket keys and session cache only while the CA bundle and CRLs are
     // unchanged: the library's reload trust rule (ServerHandle::reload).
-    run(listeners, &common, watched, move |previous| {
+    run(listeners, &common, watched, None, move |previous| {
         let Some(path) = &plan.file else {
             let mode = plan_modes(&plan, previous)?.into_iter().next();
             return mode
