@@ -623,6 +623,12 @@ pub(crate) struct ClientInner {
 pub struct ClientPolicy(pub(crate) Arc<ClientInner>);
 
 impl ClientPolicy {
+    /// An identifier of this policy, shared by its clones and by no other live policy (the
+    /// address of its shared state): pools of connections made under one policy key on it.
+    pub fn id(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
     /// Start from the ONE Record defaults, trusting only `trust`.
     pub fn builder(trust: TrustStore) -> ClientPolicyBuilder {
         ClientPolicyBuilder {

@@ -18,7 +18,7 @@ use onerecord_tls::{Event, Now, Reason, Session, Time};
 use crate::audit::{End, log_access, log_close, log_refused, partner_failed};
 use crate::config::{Backend, Limits, Mode};
 use crate::metrics::Counters;
-use crate::pool::{Lent, Pool};
+use crate::pool::{Dest, Lent, Pool};
 use crate::queue::Queue;
 use crate::service::{Handler, Peer, Reply, ReplyWaker, UpstreamEnd, UpstreamOp, WakeQueue};
 use crate::table::{Key, Side};
@@ -536,7 +536,16 @@ impl Conn {
             self.session.poll_timeout().map(|t| t.to_std().max(now))
         } else {
             let idle = self.last_activity + limits.idle_timeout;
-            Some(self.timer.map_or(idle, |t| t.max(now).min(idle)))
+            // A TLS upstream connection's handshake timeout.
+            let up = self
+                .up
+                .as_ref()
+                .and_then(|u| u.tls.as_ref())
+                .filter(|t| !t.session.is_established() && !t.session.is_terminal())
+                .and_then(|t| t.session.poll_timeout())
+                .map(|t| t.to_std().max(now));
+            let next = self.timer.map_or(idle, |t| t.max(now).min(idle));
+            Some(up.map_or(next, |u| u.min(next)))
         }
     }
 
@@ -630,7 +639,7 @@ pub(crate) fn drive(c: &mut Conn, wake: Wake, now: Instant, ctx: &mut Ctx<'_>) -
             Ok(p) => progress |= p,
             Err(done) => return done,
         }
-        progress |= pump_upstream(c, now, ctx);
+        progress |= pump_upstream(c, now, tls_now, ctx);
         if !progress || (c.session.is_terminal() && c.flushed()) {
             break;
         }
@@ -689,15 +698,20 @@ fn apply(c: &mut Conn, reply: Reply, now: Instant, ctx: &mut Ctx<'_>) -> bool {
     for op in upstream {
         progress = true;
         match op {
-            UpstreamOp::Open { addr, fresh } => {
+            UpstreamOp::Open { addr, fresh, tls } => {
                 if let Some(lent) = c.up.take() {
                     ctx.pool.close(lent, ctx.registry);
                 }
                 c.to_plain = Queue::default();
                 c.up_closed = None;
+                let dest = Dest {
+                    addr,
+                    tls: tls.as_ref().map(|(name, p)| (name.clone(), p.id())),
+                };
+                let policy = tls.as_ref().map(|(_, p)| p);
                 match ctx
                     .pool
-                    .lend(addr, fresh, c.key, ctx.registry, ctx.counters)
+                    .lend(dest, policy, fresh, c.key, ctx.registry, ctx.counters)
                 {
                     Ok(lent) => c.up = Some(lent),
                     Err(e) => {
@@ -752,7 +766,7 @@ fn handler_notes(c: &mut Conn, now: Instant, ctx: &mut Ctx<'_>) -> bool {
 /// The handler's upstream connection: finish connecting, write what is queued for it, read
 /// what it sends while the peer's side has room and hand it to the handler. `true` on
 /// progress.
-fn pump_upstream(c: &mut Conn, now: Instant, ctx: &mut Ctx<'_>) -> bool {
+fn pump_upstream(c: &mut Conn, now: Instant, tls_now: Now, ctx: &mut Ctx<'_>) -> bool {
     let Some(u) = c.up.as_mut() else {
         return false;
     };
@@ -768,6 +782,9 @@ fn pump_upstream(c: &mut Conn, now: Instant, ctx: &mut Ctx<'_>) -> bool {
             return false;
         }
         progress = true;
+    }
+    if u.tls.is_some() {
+        return pump_upstream_tls(c, now, tls_now, ctx) || progress;
     }
     while u.sock.writable && !c.to_plain.is_empty() {
         match u.sock.stream.write(c.to_plain.pending()) {
@@ -813,6 +830,111 @@ fn pump_upstream(c: &mut Conn, now: Instant, ctx: &mut Ctx<'_>) -> bool {
         if let Some(end) = done {
             return upstream_failed(c, now, ctx, end);
         }
+    }
+    progress
+}
+
+/// A TLS upstream connection: read its records while the peer's side has room, run its
+/// session, encrypt the queued plaintext once established, write. The handler hears the
+/// completed handshake, then the decrypted bytes, then how it ended. `true` on progress.
+fn pump_upstream_tls(c: &mut Conn, now: Instant, tls_now: Now, ctx: &mut Ctx<'_>) -> bool {
+    let can_take = c.to_tls.len() < ctx.limits.max_buffered
+        && c.session.transmit().len() < ctx.limits.max_buffered
+        && !c.session.close_sent()
+        && !c.session.is_terminal();
+    let Some(mut lent) = c.up.take() else {
+        return false;
+    };
+    let Some(tls) = lent.tls.as_mut() else {
+        c.up = Some(lent);
+        return false;
+    };
+    let mut progress = false;
+    let mut failed = None;
+    let mut read = false;
+    if lent.sock.readable && !lent.sock.eof && can_take && !tls.session.is_terminal() {
+        let buf = tls.session.receive_buffer();
+        if !buf.is_empty() {
+            match lent.sock.stream.read(buf) {
+                Ok(0) => lent.sock.eof = true,
+                Ok(n) => {
+                    tls.session.received(n);
+                    c.last_activity = now;
+                    read = true;
+                }
+                Err(e) if is_would_block(&e) => lent.sock.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => failed = Some(UpstreamEnd::Failed(e)),
+            }
+            progress = true;
+        }
+    }
+    let mut established = None;
+    let mut data = Vec::new();
+    let mut peer_closed = false;
+    // Run the session on new input, and while handshaking (its timeout is checked here).
+    if (read || !tls.session.is_established()) && !tls.session.is_terminal() {
+        let _ = tls.session.process(tls_now, |ev| match ev {
+            Event::Established(id) => established = Some(id.clone()),
+            Event::Data(d) => data.extend_from_slice(d),
+            Event::PeerClosed => peer_closed = true,
+            Event::Closed => {}
+        });
+    }
+    if lent.sock.eof && !tls.session.is_terminal() && !tls.session.peer_closed() {
+        let _ = tls.session.received_eof();
+    }
+    if tls.session.is_established() && !tls.session.close_sent() {
+        while !c.to_plain.is_empty() {
+            match tls.session.send(c.to_plain.pending()) {
+                Ok(0) => break,
+                Ok(n) => {
+                    c.to_plain.consume(n);
+                    progress = true;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    while lent.sock.writable && failed.is_none() && !tls.session.transmit().is_empty() {
+        match lent.sock.stream.write(tls.session.transmit()) {
+            Ok(0) => lent.sock.writable = false,
+            Ok(n) => {
+                tls.session.transmitted(n);
+                progress = true;
+            }
+            Err(e) if is_would_block(&e) => lent.sock.writable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => failed = Some(UpstreamEnd::Failed(e)),
+        }
+    }
+    let tls_error = tls.session.error().cloned();
+    let ended = peer_closed || tls.session.peer_closed() || lent.sock.eof;
+    let tell = established.is_some() && !tls.told;
+    if tell {
+        tls.told = true;
+    }
+    c.up = Some(lent);
+    if let Some(id) = established.filter(|_| tell) {
+        call(c, now, ctx, |h, r| h.on_upstream_established(&id, r));
+        progress = true;
+    }
+    if !data.is_empty() {
+        call(c, now, ctx, |h, r| h.on_upstream_data(&data, r));
+        progress = true;
+    }
+    // The handler may have let the connection go meanwhile.
+    if c.up.is_none() {
+        return progress;
+    }
+    if let Some(err) = tls_error {
+        return upstream_failed(c, now, ctx, UpstreamEnd::Tls(err));
+    }
+    if let Some(end) = failed {
+        return upstream_failed(c, now, ctx, end);
+    }
+    if ended {
+        return upstream_failed(c, now, ctx, UpstreamEnd::Eof);
     }
     progress
 }

@@ -4,6 +4,7 @@
 //! it in the format it serves (the `onerecord-gateway` binary encodes the Prometheus text
 //! formats with `prometheus-client`).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -87,6 +88,9 @@ pub struct Counters {
     pub upstream_connects: u64,
     /// Upstream connections a handler got from the pool (no new TCP connection).
     pub upstream_reuses: u64,
+    /// Idle pooled upstream connections now, per destination (`server_name:port` for TLS,
+    /// `ip:port` for TCP): a gauge, refreshed by each worker at most once a second.
+    pub upstream_idle: BTreeMap<String, u64>,
     /// `accept` failures other than "would block" (usually: out of file descriptors).
     pub accept_errors: u64,
     /// Connections finished (any way).
@@ -120,6 +124,9 @@ impl Counters {
         self.upstream_errors += o.upstream_errors;
         self.upstream_connects += o.upstream_connects;
         self.upstream_reuses += o.upstream_reuses;
+        for (dest, n) in &o.upstream_idle {
+            *self.upstream_idle.entry(dest.clone()).or_default() += n;
+        }
         self.accept_errors += o.accept_errors;
         self.closed += o.closed;
     }

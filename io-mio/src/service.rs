@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use onerecord_tls::PeerIdentity;
+use onerecord_tls::{ClientPolicy, PeerIdentity};
 
 use crate::table::Key;
 
@@ -63,6 +63,13 @@ pub trait Handler: Send {
         let _ = (data, reply);
     }
 
+    /// The TLS upstream connection ([`Reply::upstream_open_tls`]) completed its handshake:
+    /// the partner is verified as `identity` (`identity.resumed()`: the session was
+    /// resumed). Not called for a pooled connection established earlier, nor for plain TCP.
+    fn on_upstream_established(&mut self, identity: &PeerIdentity, reply: &mut Reply) {
+        let _ = (identity, reply);
+    }
+
     /// The upstream connection ended or could not be set up. It is gone (never pooled);
     /// [`Reply::upstream_open`] makes a new one.
     fn on_upstream_closed(&mut self, end: UpstreamEnd, reply: &mut Reply) {
@@ -90,6 +97,10 @@ pub enum UpstreamEnd {
     Eof,
     /// Reading or writing failed (reset, ...).
     Failed(io::Error),
+    /// The TLS session with the upstream failed: in the handshake (the partner refused us,
+    /// [`onerecord_tls::Reason::PeerAlert`] with its alert, or it failed
+    /// verification, with the alert we sent), by the handshake timeout, or later.
+    Tls(onerecord_tls::Error),
 }
 
 impl std::fmt::Display for UpstreamEnd {
@@ -98,6 +109,7 @@ impl std::fmt::Display for UpstreamEnd {
             UpstreamEnd::ConnectFailed(e) => write!(f, "unreachable: {e}"),
             UpstreamEnd::Eof => f.write_str("closed the connection"),
             UpstreamEnd::Failed(e) => write!(f, "connection failed: {e}"),
+            UpstreamEnd::Tls(e) => write!(f, "TLS failed: {e}"),
         }
     }
 }
@@ -105,9 +117,16 @@ impl std::fmt::Display for UpstreamEnd {
 /// A request to the adapter about the handler's upstream connection, in call order.
 #[derive(Debug)]
 pub(crate) enum UpstreamOp {
-    Open { addr: SocketAddr, fresh: bool },
+    Open {
+        addr: SocketAddr,
+        fresh: bool,
+        /// For TLS: the server name and the policy.
+        tls: Option<(String, ClientPolicy)>,
+    },
     Write(Vec<u8>),
-    Release { reuse: bool },
+    Release {
+        reuse: bool,
+    },
 }
 
 /// What a handler sends back, and what it asks of the adapter, in one call.
@@ -181,7 +200,34 @@ impl Reply {
     /// opening while one is held closes the held one. A failure to connect comes later, as
     /// [`Handler::on_upstream_closed`] with [`UpstreamEnd::ConnectFailed`].
     pub fn upstream_open(&mut self, addr: SocketAddr, fresh: bool) {
-        self.upstream.push(UpstreamOp::Open { addr, fresh });
+        self.upstream.push(UpstreamOp::Open {
+            addr,
+            fresh,
+            tls: None,
+        });
+    }
+
+    /// Like [`Reply::upstream_open`], over TLS: a client session to `server_name` under
+    /// `policy` (mTLS when the policy has a client certificate; resumed through the policy's
+    /// session cache when it can be), the partner verified against the policy's anchors, CRLs
+    /// and identity rules before any of its bytes reach [`Handler::on_upstream_data`].
+    /// Pooled per address, server name and policy, where "the same policy" is the same
+    /// [`ClientPolicy`] or a clone of it ([`ClientPolicy::id`]): build one per partner and
+    /// keep it. Bytes written before the handshake completes are sent after it; a TLS
+    /// failure comes as [`UpstreamEnd::Tls`], the handshake bounded by the policy's
+    /// handshake timeout.
+    pub fn upstream_open_tls(
+        &mut self,
+        addr: SocketAddr,
+        server_name: &str,
+        policy: &ClientPolicy,
+        fresh: bool,
+    ) {
+        self.upstream.push(UpstreamOp::Open {
+            addr,
+            fresh,
+            tls: Some((server_name.to_string(), policy.clone())),
+        });
     }
 
     /// Queue bytes for the upstream connection, written as it accepts them. While more than

@@ -65,6 +65,8 @@ pub(crate) struct Worker {
     wake: Arc<WakeQueue>,
     /// The read buffer for plain sides and upstreams (see [`Ctx::scratch`]).
     scratch: Vec<u8>,
+    /// When the pool's idle gauge was last published.
+    idle_published: Option<Instant>,
 }
 
 impl Worker {
@@ -94,6 +96,7 @@ impl Worker {
             pool: Pool::new(),
             wake: Arc::new(WakeQueue::new(waker)),
             scratch: vec![0; SCRATCH],
+            idle_published: None,
         }
     }
 
@@ -198,11 +201,28 @@ impl Worker {
     }
 
     fn publish(&mut self) {
-        if self.local == Counters::default() {
+        // The pool's gauge, when it changed, at most once a second (the loop wakes at least
+        // that often).
+        let now = Instant::now();
+        let idle = if self.pool.changed
+            && self
+                .idle_published
+                .is_none_or(|t| now >= t + Duration::from_secs(1))
+        {
+            self.pool.changed = false;
+            self.idle_published = Some(now);
+            Some(self.pool.idle_by_label())
+        } else {
+            None
+        };
+        if self.local == Counters::default() && idle.is_none() {
             return;
         }
         if let Ok(mut c) = self.counters.lock() {
             c.add(&std::mem::take(&mut self.local));
+            if let Some(idle) = idle {
+                c.upstream_idle = idle;
+            }
         }
     }
 

@@ -452,6 +452,9 @@ impl Handler for ProxyHandler {
                     UpstreamEnd::Failed(e) => {
                         format!("upstream {addr} failed before a response: {e}")
                     }
+                    UpstreamEnd::Tls(e) => {
+                        format!("upstream {addr} TLS failed before a response: {e}")
+                    }
                 };
                 self.fail(reply, 502, &cause);
             }
