@@ -1051,6 +1051,49 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_keeps_each_policy_whose_files_did_not_change() {
+        use onerecord_tls_tests::{Ca, LeafSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let ca = Ca::new("Egress Test CA");
+        std::fs::write(p.join("ca.pem"), ca.pem()).unwrap();
+        for name in ["a", "b"] {
+            ca.issue(&LeafSpec::client(name).around_wall_clock())
+                .write_files(p, name);
+        }
+        let file = p.join("egress.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:0\"\nca = \"ca.pem\"\n\
+             [[partner]]\nhosts = [\"a.example\"]\ncert = \"a.pem\"\nkey = \"a.key\"\n\
+             [[partner]]\nhosts = [\"b.example\"]\ncert = \"b.pem\"\nkey = \"b.key\"\n",
+        )
+        .unwrap();
+        let plan = EgressPlan::from_file(&file).ok().unwrap();
+        let first = build(&plan, None).ok().unwrap();
+        let ids = |b: &Built| {
+            (
+                b.default.as_ref().map(|d| d.policy.id()),
+                b.partners.iter().map(|p| p.policy.id()).collect::<Vec<_>>(),
+            )
+        };
+        let again = build(&plan, Some(&first)).ok().unwrap();
+        assert_eq!(ids(&again), ids(&first));
+        // Partner b gets a new certificate: only its policy is new.
+        ca.issue(&LeafSpec::client("b2").around_wall_clock())
+            .write_files(p, "b");
+        let third = build(&plan, Some(&again)).ok().unwrap();
+        let (d1, p1) = ids(&first);
+        let (d3, p3) = ids(&third);
+        assert_eq!(d3, d1);
+        assert_eq!(p3.first(), p1.first());
+        assert_ne!(p3.get(1), p1.get(1));
+        // Without a previous build every policy is new.
+        let fresh = build(&plan, None).ok().unwrap();
+        assert_ne!(ids(&fresh).1.first(), p1.first());
+    }
+
+    #[test]
     fn a_connect_override_is_an_address_with_or_without_port() {
         assert_eq!(
             Connect::parse("127.0.0.1", "x").ok(),

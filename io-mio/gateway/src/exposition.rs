@@ -84,7 +84,7 @@ impl Files {
 }
 
 /// One egress destination's counters (`host:port`), as the forward proxy's `stats()` reports
-/// them, with its idle pool size (`Counters::upstream_idle`, label `server_name:port`).
+/// them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DestinationStats {
     /// `host:port`.
@@ -100,8 +100,6 @@ pub struct DestinationStats {
     /// Failures by reason (`refused_by_partner`, `verification`, `dns`, `connect`,
     /// `connect_timeout`, `tls_timeout`, `response_timeout`, ... as the proxy names them).
     pub failures: Vec<(String, u64)>,
-    /// Idle pooled connections now.
-    pub idle: u64,
 }
 
 /// Where the egress proxy's per-destination counters come from: the running proxy (a reload
@@ -430,7 +428,7 @@ impl Collector for Status {
         )?;
 
         if let Some(egress) = &self.egress {
-            destinations(&mut enc, &egress.read())?;
+            destinations(&mut enc, &egress.read(), &c.upstream_idle)?;
         }
 
         let (files, last_success, last_ok, failures) = match self.reloads.lock() {
@@ -525,8 +523,14 @@ impl Collector for Status {
     }
 }
 
-/// The egress proxy's families, one sample (set) per destination.
-fn destinations(enc: &mut DescriptorEncoder, d: &[DestinationStats]) -> std::fmt::Result {
+/// The egress proxy's families, one sample (set) per destination; `idle`: the adapter's idle
+/// pooled upstream connections by destination (`server_name:port` for TLS upstreams, the
+/// proxy's destination label).
+fn destinations(
+    enc: &mut DescriptorEncoder,
+    d: &[DestinationStats],
+    idle: &std::collections::BTreeMap<String, u64>,
+) -> std::fmt::Result {
     let dest = |s: &DestinationStats| l("destination", s.destination.clone());
     family(
         enc,
@@ -573,12 +577,22 @@ fn destinations(enc: &mut DescriptorEncoder, d: &[DestinationStats]) -> std::fmt
             })
         }),
     )?;
+    // Every destination with counters (0 when nothing is pooled for it) and every pool.
+    let mut pools: std::collections::BTreeMap<&str, u64> =
+        d.iter().map(|s| (s.destination.as_str(), 0)).collect();
+    for (k, n) in idle {
+        pools.insert(k.as_str(), *n);
+    }
     family(
         enc,
         "onerecord_egress_pool_idle_connections",
         "Egress: idle kept-alive TLS connections pooled for each destination now.",
-        d.iter()
-            .map(|s| (vec![dest(s)], ConstGauge::new(s.idle as i64))),
+        pools.into_iter().map(|(k, n)| {
+            (
+                vec![l("destination", k.to_string())],
+                ConstGauge::new(n as i64),
+            )
+        }),
     )
 }
 
@@ -671,7 +685,7 @@ pub fn watched(own: Option<&Path>, ca: Option<&Path>, crl: &[PathBuf]) -> Watche
 mod tests {
     use super::*;
 
-    fn stats(dest: &str, requests: u64, connections: u64, idle: u64) -> DestinationStats {
+    fn stats(dest: &str, requests: u64, connections: u64) -> DestinationStats {
         DestinationStats {
             destination: dest.to_string(),
             requests,
@@ -679,7 +693,6 @@ mod tests {
             handshakes_full: 1,
             handshakes_resumed: connections - 1,
             failures: vec![("refused_by_partner".to_string(), 2)],
-            idle,
         }
     }
 
@@ -690,10 +703,7 @@ mod tests {
         let (before, _) = status.render(false);
         assert!(!before.contains("onerecord_egress_"), "{before}");
         egress.set(Box::new(|| {
-            vec![
-                stats("b.example:443", 7, 3, 2),
-                stats("a.example:8443", 40, 2, 1),
-            ]
+            vec![stats("b.example:443", 7, 3), stats("a.example:8443", 40, 2)]
         }));
         let (text, _) = status.render(false);
         for line in [
@@ -703,7 +713,8 @@ mod tests {
             "onerecord_egress_handshakes_total{destination=\"b.example:443\",kind=\"resumed\"} 2",
             "onerecord_egress_handshakes_total{destination=\"b.example:443\",kind=\"full\"} 1",
             "onerecord_egress_failures_total{destination=\"a.example:8443\",reason=\"refused_by_partner\"} 2",
-            "onerecord_egress_pool_idle_connections{destination=\"b.example:443\"} 2",
+            // No pool in this process: a destination with counters shows 0 idle.
+            "onerecord_egress_pool_idle_connections{destination=\"b.example:443\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

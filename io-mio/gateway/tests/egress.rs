@@ -187,6 +187,12 @@ fn separate_curl_processes_share_a_few_tls_connections_to_a_partner() {
         Some(tls as u64),
         "{m}"
     );
+    // The connection the last request used waits in the pool.
+    let idle = sample(
+        &m,
+        &format!("onerecord_egress_pool_idle_connections{{destination=\"{dest}\"}}"),
+    );
+    assert!(idle.is_some_and(|n| n >= 1), "{m}");
 }
 
 #[test]
