@@ -38,7 +38,8 @@
 //! loop), `conn` (one connection's lifecycle and drain order), `audit` (its log lines),
 //! `queue` (byte queues), `pool` (each worker's kept-alive upstream connections for
 //! handlers); `service`, `http` (the identity responder) and `http_proxy` (the HTTP/1.1
-//! reverse proxy, [`HttpProxy`]) on the application side, `client` (outbound).
+//! reverse proxy, [`HttpProxy`]) and `http_forward` (the egress
+//! forward proxy, [`ForwardProxy`]) on the application side, `client` (outbound).
 //!
 //! Every worker owns a `mio::Poll`, a handle on each listening socket (one socket per address,
 //! held exclusively; with [`ServerConfig::reuse_port`], one `SO_REUSEPORT` socket per worker,
@@ -64,6 +65,7 @@ pub mod client;
 mod config;
 mod conn;
 pub mod http;
+mod http_forward;
 mod http_proxy;
 pub mod metrics;
 mod pool;
@@ -79,6 +81,10 @@ pub use client::{Client, ClientStream};
 pub use config::{Backend, Limits, Listener, Mode, ServerConfig, SniBackends};
 pub use conn::PLAINTEXT_BODY;
 pub use http::IdentityResponder;
+pub use http_forward::{
+    DestinationStats, ForwardProxy, ForwardProxyConfig, ForwardProxyConfigError,
+    OTHER_DESTINATIONS, Partner,
+};
 pub use http_proxy::{HttpProxy, HttpProxyConfig, HttpProxyConfigError};
 pub use metrics::{Counters, Histogram, Metrics, Snapshot};
 pub use server::{ServerHandle, start};

@@ -26,9 +26,13 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
+use onerecord_tls::PeerIdentity;
+
+use crate::http_forward::{self, Event, Pick};
 use crate::service::{Handler, Peer, Reply, Service, UpstreamEnd};
 use body::Body;
-use request::{Added, HeadLimits, Parsed};
+use request::{Added, Mode, Parsed};
+pub(crate) use request::{Dest, HeadLimits, split_authority};
 
 /// Largest request body kept for a retry (one that came with its head).
 const MAX_RETRY_BODY: usize = 16 * 1024;
@@ -228,19 +232,51 @@ impl Service for HttpProxy {
                 max_head: self.cfg.max_head,
                 max_headers: self.cfg.max_headers,
             },
-            cfg: Arc::clone(&self.cfg),
+            timeout: self.cfg.upstream_timeout,
+            route: Route::Reverse(self.cfg.upstream),
             added,
             remote: peer.remote,
             inbuf: Vec::new(),
             state: State::Idle,
             close_after: false,
+            waited: false,
         }))
     }
 }
 
+/// The forward proxy's handler for one local connection (see [`crate::ForwardProxy`]).
+pub(crate) fn forward_handler(
+    limits: HeadLimits,
+    timeout: Duration,
+    remote: SocketAddr,
+    route: http_forward::Route,
+) -> Box<dyn Handler> {
+    Box::new(ProxyHandler {
+        limits,
+        timeout,
+        route: Route::Forward(Box::new(route)),
+        added: Added::default(),
+        remote,
+        inbuf: Vec::new(),
+        state: State::Idle,
+        close_after: false,
+        waited: false,
+    })
+}
+
+/// Where requests go.
+enum Route {
+    /// Reverse proxy: every request to one upstream, plain TCP.
+    Reverse(SocketAddr),
+    /// Forward proxy: each request to the destination it names, over TLS.
+    Forward(Box<http_forward::Route>),
+}
+
 /// One client connection.
 struct ProxyHandler {
-    cfg: Arc<HttpProxyConfig>,
+    /// How long the upstream may be silent before a response is complete.
+    timeout: Duration,
+    route: Route,
     limits: HeadLimits,
     added: Added,
     remote: SocketAddr,
@@ -249,12 +285,17 @@ struct ProxyHandler {
     state: State,
     /// Close after the exchange in flight (the peer closed, or the server drains).
     close_after: bool,
+    /// Forward proxy: the request at the head of `inbuf` waited for its name (it was counted).
+    waited: bool,
 }
 
 /// Where the client connection is.
 enum State {
     /// Waiting for a request head.
     Idle,
+    /// Forward proxy: the request head in `inbuf` waits for its destination's name to be
+    /// resolved (reading paused).
+    Resolving,
     /// A request is in flight.
     Busy(Exchange),
     /// Closing: nothing more is read or relayed.
@@ -272,6 +313,9 @@ struct Exchange {
     reused: Option<bool>,
     /// The method is idempotent (RFC 9110 9.2.2).
     idempotent: bool,
+    /// The upstream connection is known to be usable: plain TCP, taken from the pool, or
+    /// its TLS handshake completed. Until then the deadline is the connect timeout's.
+    established: bool,
     head_method: bool,
     minor: u8,
     close: bool,
@@ -297,12 +341,15 @@ impl Handler for ProxyHandler {
         self.note_reused(reply);
         match &mut self.state {
             State::Closed => {}
+            State::Resolving => self.inbuf.extend_from_slice(data),
             State::Idle => {
                 self.inbuf.extend_from_slice(data);
                 self.next_request(reply);
             }
             State::Busy(ex) => {
-                ex.deadline = Instant::now() + self.cfg.upstream_timeout;
+                if ex.established {
+                    ex.deadline = Instant::now() + self.timeout;
+                }
                 let body_done = ex.req_body.is_done();
                 let rest = if body_done {
                     data
@@ -333,6 +380,11 @@ impl Handler for ProxyHandler {
     }
 
     fn on_wake(&mut self, reply: &mut Reply) {
+        if matches!(self.state, State::Resolving) {
+            self.state = State::Idle;
+            self.next_request(reply);
+            return;
+        }
         self.note_reused(reply);
         let State::Busy(ex) = &self.state else {
             return;
@@ -341,20 +393,39 @@ impl Handler for ProxyHandler {
             reply.wake_at(Some(ex.deadline));
             return;
         }
-        let secs = self.cfg.upstream_timeout.as_secs_f64();
+        if !ex.established {
+            let secs = match &self.route {
+                Route::Forward(r) => r.connect_timeout().as_secs_f64(),
+                Route::Reverse(_) => 0.0,
+            };
+            let cause = format!("{} could not be connected within {secs}s", self.label());
+            self.fail(reply, 504, "connect_timeout", &cause);
+            return;
+        }
+        let secs = self.timeout.as_secs_f64();
         if matches!(ex.resp, Resp::Head(_)) {
-            let cause = format!(
-                "upstream {} sent no response within {secs}s",
-                self.cfg.upstream
-            );
-            self.fail(reply, 504, &cause);
+            let cause = format!("{} sent no response within {secs}s", self.label());
+            self.fail(reply, 504, "response_timeout", &cause);
         } else {
-            let cause = format!(
-                "upstream {} silent for {secs}s mid-response",
-                self.cfg.upstream
-            );
-            log_upstream(self.cfg.upstream, self.remote, 0, &cause);
+            let cause = format!("{} silent for {secs}s mid-response", self.label());
+            self.log(0, "response_timeout", &cause);
             self.abort(reply);
+        }
+    }
+
+    fn on_upstream_established(&mut self, identity: &PeerIdentity, reply: &mut Reply) {
+        self.note_reused(reply);
+        if let Route::Forward(r) = &self.route {
+            r.count(Event::Handshake {
+                resumed: identity.resumed(),
+            });
+        }
+        if let State::Busy(ex) = &mut self.state {
+            if !ex.established {
+                ex.established = true;
+                ex.deadline = Instant::now() + self.timeout;
+                reply.wake_at(Some(ex.deadline));
+            }
         }
     }
 
@@ -363,7 +434,8 @@ impl Handler for ProxyHandler {
         let State::Busy(ex) = &mut self.state else {
             return;
         };
-        ex.deadline = Instant::now() + self.cfg.upstream_timeout;
+        ex.established = true;
+        ex.deadline = Instant::now() + self.timeout;
         ex.retry_head = None;
         let mut data = data;
         loop {
@@ -382,8 +454,8 @@ impl Handler for ProxyHandler {
                         Ok(Some(r)) => r,
                         Ok(None) => return,
                         Err(cause) => {
-                            let cause = format!("upstream {}: {cause}", self.cfg.upstream);
-                            self.fail(reply, 502, &cause);
+                            let cause = format!("{}: {cause}", self.label());
+                            self.fail(reply, 502, "bad_response", &cause);
                             return;
                         }
                     };
@@ -413,14 +485,19 @@ impl Handler for ProxyHandler {
     }
 
     fn on_upstream_closed(&mut self, end: UpstreamEnd, reply: &mut Reply) {
+        if let (Route::Forward(r), State::Busy(ex)) = (&self.route, &self.state) {
+            if ex.reused.is_none() && reply.upstream_reused() == Some(false) {
+                r.count(Event::Connection);
+            }
+        }
+        let label = self.label();
         let State::Busy(ex) = &mut self.state else {
             return;
         };
-        let addr = self.cfg.upstream;
         match &mut ex.resp {
             Resp::Head(buf) => {
                 let nothing = buf.is_empty();
-                let stale = !matches!(end, UpstreamEnd::ConnectFailed(_));
+                let stale = matches!(end, UpstreamEnd::Eof | UpstreamEnd::Failed(_));
                 // Whether the connection came from the pool is known from the call after the
                 // one that opened it; when it ended before any, an idempotent request is
                 // retried (RFC 9110 9.2.2), another only when the pool is known to have lent it.
@@ -432,36 +509,48 @@ impl Handler for ProxyHandler {
                     if let Some(head) = ex.retry_head.take() {
                         info!(
                             target: "onerecord::upstream",
-                            upstream:% = addr, remote:% = self.remote;
+                            upstream = label.as_str(), remote:% = self.remote;
                             "pooled upstream connection closed before a response; retrying on a new one"
                         );
                         ex.reused = Some(false);
-                        reply.upstream_open(addr, true);
-                        reply.upstream_write(&head);
-                        ex.deadline = Instant::now() + self.cfg.upstream_timeout;
+                        ex.established = matches!(self.route, Route::Reverse(_));
+                        ex.deadline = Instant::now()
+                            + match &self.route {
+                                Route::Reverse(_) => self.timeout,
+                                Route::Forward(r) => r.connect_timeout(),
+                            };
                         reply.wake_at(Some(ex.deadline));
+                        self.open(reply, true);
+                        reply.upstream_write(&head);
                         // One retry (the head is not kept): a second failure is a 502.
                         return;
                     }
                 }
-                let cause = match end {
-                    UpstreamEnd::ConnectFailed(e) => format!("upstream {addr} unreachable: {e}"),
-                    UpstreamEnd::Eof => {
-                        format!("upstream {addr} closed the connection before a response")
+                let (status, reason, cause) = match end {
+                    UpstreamEnd::ConnectFailed(e) => {
+                        (502, "connect", format!("{label} unreachable: {e}"))
                     }
-                    UpstreamEnd::Failed(e) => {
-                        format!("upstream {addr} failed before a response: {e}")
-                    }
+                    UpstreamEnd::Eof => (
+                        502,
+                        "closed",
+                        format!("{label} closed the connection before a response"),
+                    ),
+                    UpstreamEnd::Failed(e) => (
+                        502,
+                        "closed",
+                        format!("{label} failed before a response: {e}"),
+                    ),
                     UpstreamEnd::Tls(e) => {
-                        format!("upstream {addr} TLS failed before a response: {e}")
+                        let (status, reason, what) = http_forward::tls_failure(&e);
+                        (status, reason, format!("{label} {what}"))
                     }
                 };
-                self.fail(reply, 502, &cause);
+                self.fail(reply, status, reason, &cause);
             }
             Resp::Body { body, .. } if *body == Body::UntilClose => {
                 if let UpstreamEnd::Failed(e) = end {
-                    let cause = format!("upstream {addr} failed mid-response: {e}");
-                    log_upstream(addr, self.remote, 0, &cause);
+                    let cause = format!("{label} failed mid-response: {e}");
+                    self.log(0, "closed", &cause);
                 }
                 // The end of a close-delimited body: the client connection closes after it.
                 self.state = State::Closed;
@@ -469,10 +558,11 @@ impl Handler for ProxyHandler {
             }
             Resp::Body { .. } => {
                 let cause = match end {
-                    UpstreamEnd::Failed(e) => format!("upstream {addr} failed mid-response: {e}"),
-                    _ => format!("upstream {addr} closed the connection mid-response"),
+                    UpstreamEnd::Failed(e) => format!("{label} failed mid-response: {e}"),
+                    UpstreamEnd::Tls(e) => format!("{label} failed mid-response: {e}"),
+                    _ => format!("{label} closed the connection mid-response"),
                 };
-                log_upstream(addr, self.remote, 0, &cause);
+                self.log(0, "closed", &cause);
                 self.state = State::Closed;
                 reply.close();
             }
@@ -480,7 +570,7 @@ impl Handler for ProxyHandler {
     }
 
     fn on_drain(&mut self, reply: &mut Reply) {
-        if matches!(self.state, State::Busy(_)) {
+        if matches!(self.state, State::Busy(_) | State::Resolving) {
             self.close_after = true;
         } else {
             self.state = State::Closed;
@@ -492,11 +582,37 @@ impl Handler for ProxyHandler {
 impl ProxyHandler {
     /// Record whether the upstream connection of the exchange came from the pool (known
     /// from the call after the one that opened it).
-    fn note_reused(&mut self, reply: &Reply) {
+    fn note_reused(&mut self, reply: &mut Reply) {
         if let State::Busy(ex) = &mut self.state {
             if ex.reused.is_none() {
                 ex.reused = reply.upstream_reused();
+                match (&self.route, ex.reused) {
+                    (Route::Forward(r), Some(false)) => r.count(Event::Connection),
+                    (_, Some(true)) if !ex.established => {
+                        // A pooled connection is established: the response timeout applies.
+                        ex.established = true;
+                        ex.deadline = Instant::now() + self.timeout;
+                        reply.wake_at(Some(ex.deadline));
+                    }
+                    _ => {}
+                }
             }
+        }
+    }
+
+    /// The upstream as named in messages: `upstream ADDR`, or the partner's `host:port`.
+    fn label(&self) -> String {
+        match &self.route {
+            Route::Reverse(addr) => format!("upstream {addr}"),
+            Route::Forward(r) => r.label(),
+        }
+    }
+
+    /// Open the exchange's upstream connection (`fresh`: a new one).
+    fn open(&self, reply: &mut Reply, fresh: bool) {
+        match &self.route {
+            Route::Reverse(addr) => reply.upstream_open(*addr, fresh),
+            Route::Forward(r) => r.open(reply, fresh),
         }
     }
 
@@ -509,7 +625,11 @@ impl ProxyHandler {
             reply.pause_reading(false);
             return;
         }
-        let req = match request::parse(&self.inbuf, &self.limits, &self.added) {
+        let mode = match self.route {
+            Route::Reverse(_) => Mode::Reverse(&self.added),
+            Route::Forward(_) => Mode::Forward,
+        };
+        let req = match request::parse_with(&self.inbuf, &self.limits, mode) {
             Parsed::Partial => {
                 reply.pause_reading(false);
                 return;
@@ -529,11 +649,43 @@ impl ProxyHandler {
             }
             Parsed::Request(req) => req,
         };
+        let established = match (&mut self.route, &req.dest) {
+            (Route::Reverse(addr), _) => {
+                reply.upstream_open(*addr, false);
+                true
+            }
+            (Route::Forward(route), Some(dest)) => {
+                match route.pick(dest, !self.waited, reply) {
+                    Pick::Opened => {}
+                    Pick::Wait => {
+                        self.waited = true;
+                        self.state = State::Resolving;
+                        reply.pause_reading(true);
+                        return;
+                    }
+                    Pick::Refuse(status, reason, cause) => {
+                        self.waited = false;
+                        self.fail(reply, status, reason, &cause);
+                        return;
+                    }
+                }
+                false
+            }
+            (Route::Forward(_), None) => {
+                // Forward-mode parsing always gives a destination.
+                self.fail(reply, 400, "bad_request", "no destination");
+                return;
+            }
+        };
+        self.waited = false;
         let rest = self.inbuf.split_off(req.head_len);
         self.inbuf = Vec::new();
-        reply.upstream_open(self.cfg.upstream, false);
         reply.upstream_write(&req.upstream_head);
-        let deadline = Instant::now() + self.cfg.upstream_timeout;
+        let deadline = Instant::now()
+            + match &self.route {
+                Route::Forward(r) => r.connect_timeout(),
+                Route::Reverse(_) => self.timeout,
+            };
         reply.wake_at(Some(deadline));
         let no_body = req.body.is_done();
         self.state = State::Busy(Exchange {
@@ -541,6 +693,7 @@ impl ProxyHandler {
             retry_head: Some(req.upstream_head),
             reused: None,
             idempotent: req.idempotent,
+            established,
             head_method: req.head_method,
             minor: req.minor,
             close: req.close,
@@ -629,9 +782,8 @@ impl ProxyHandler {
                     data = &data[step.len..];
                 }
                 Err(e) => {
-                    let cause =
-                        format!("upstream {}: bad chunked response: {e}", self.cfg.upstream);
-                    log_upstream(self.cfg.upstream, self.remote, 0, &cause);
+                    let cause = format!("{}: bad chunked response: {e}", self.label());
+                    self.log(0, "bad_response", &cause);
                     self.abort(reply);
                     return;
                 }
@@ -679,14 +831,37 @@ impl ProxyHandler {
         self.next_request(reply);
     }
 
-    /// Answer `status` with `cause` (logged), give up the upstream connection and close.
-    fn fail(&mut self, reply: &mut Reply, status: u16, cause: &str) {
-        log_upstream(self.cfg.upstream, self.remote, status, cause);
+    /// Answer `status` with `cause` (logged; `reason` counted for the destination), give up
+    /// the upstream connection and close.
+    fn fail(&mut self, reply: &mut Reply, status: u16, reason: &'static str, cause: &str) {
+        self.log(status, reason, cause);
         reply.write(&response::simple(status, cause));
         reply.upstream_release(false);
         reply.wake_at(None);
         self.state = State::Closed;
         reply.close();
+    }
+
+    /// The WARN line of an upstream failure; `status` is what the client got (`0`: the
+    /// client connection was closed instead). The forward proxy counts `reason` for the
+    /// destination and logs under `onerecord::partner`.
+    fn log(&self, status: u16, reason: &'static str, cause: &str) {
+        match &self.route {
+            Route::Reverse(upstream) => warn!(
+                target: "onerecord::upstream",
+                upstream:% = upstream, remote:% = self.remote, status = status, cause = cause;
+                "upstream failed"
+            ),
+            Route::Forward(r) => {
+                r.count(Event::Failure(reason));
+                warn!(
+                    target: "onerecord::partner",
+                    partner = r.label().as_str(), remote:% = self.remote, status = status,
+                    reason = reason, cause = cause;
+                    "partner request failed"
+                );
+            }
+        }
     }
 
     /// Drop the exchange without an answer (a response has started or the request is
@@ -697,16 +872,6 @@ impl ProxyHandler {
         self.state = State::Closed;
         reply.close();
     }
-}
-
-/// The WARN line of an upstream failure (`onerecord::upstream`); `status` is what the client
-/// got (`0`: the client connection was closed instead).
-fn log_upstream(upstream: SocketAddr, remote: SocketAddr, status: u16, cause: &str) {
-    warn!(
-        target: "onerecord::upstream",
-        upstream:% = upstream, remote:% = remote, status = status, cause = cause;
-        "upstream failed"
-    );
 }
 
 #[cfg(test)]
@@ -724,12 +889,14 @@ mod tests {
                 max_head: 32768,
                 max_headers: 100,
             },
-            cfg: proxy.cfg,
+            timeout: proxy.cfg.upstream_timeout,
+            route: Route::Reverse(proxy.cfg.upstream),
             added: Added::default(),
             remote: "192.0.2.1:5000".parse().unwrap(),
             inbuf: Vec::new(),
             state: State::Idle,
             close_after: false,
+            waited: false,
         }
     }
 

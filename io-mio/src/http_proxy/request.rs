@@ -87,6 +87,8 @@ pub(crate) struct Request {
     pub(crate) minor: u8,
     /// The client asked to close after this exchange (or did not ask to keep it open, 1.0).
     pub(crate) close: bool,
+    /// Forward proxy: where the request goes (from its absolute-form target).
+    pub(crate) dest: Option<Dest>,
 }
 
 /// Result of looking at the start of a client's buffer.
@@ -133,8 +135,26 @@ pub(crate) fn is_managed(lower: &str) -> bool {
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
-/// Parse and rewrite the request head at the start of `buf`.
+/// How a request head is rewritten: for the application behind a reverse proxy, or for a
+/// partner reached through the forward (egress) proxy.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Mode<'a> {
+    /// Reverse proxy: origin-form (or absolute-form naming the `Host`) targets, identity and
+    /// forwarding fields added.
+    Reverse(&'a Added),
+    /// Forward proxy: absolute-form targets only, sent in origin-form with the target's
+    /// authority as `Host`; hop-by-hop and `Proxy-*` fields removed, nothing added.
+    Forward,
+}
+
+/// Parse and rewrite the request head at the start of `buf` (reverse proxy).
+#[cfg(test)]
 pub(crate) fn parse(buf: &[u8], limits: &HeadLimits, added: &Added) -> Parsed {
+    parse_with(buf, limits, Mode::Reverse(added))
+}
+
+/// Parse and rewrite the request head at the start of `buf` for `mode`.
+pub(crate) fn parse_with(buf: &[u8], limits: &HeadLimits, mode: Mode<'_>) -> Parsed {
     if buf.starts_with(H2_PREFACE) || (buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf))
     {
         if buf.len() < H2_PREFACE.len() && !buf.is_empty() {
@@ -166,7 +186,11 @@ pub(crate) fn parse(buf: &[u8], limits: &HeadLimits, added: &Added) -> Parsed {
     if end > limits.max_head {
         return Parsed::Refused(Refusal::new(431, "request head too large"));
     }
-    match rewrite(&buf[..end], limits, added) {
+    let rewritten = match mode {
+        Mode::Reverse(added) => rewrite(&buf[..end], limits, added),
+        Mode::Forward => rewrite_forward(&buf[..end], limits),
+    };
+    match rewritten {
         Ok(mut req) => {
             req.head_len = end;
             Parsed::Request(req)
@@ -204,9 +228,23 @@ struct Fields<'a> {
     forwarded_for: Vec<&'a str>,
 }
 
-fn rewrite(head: &[u8], limits: &HeadLimits, added: &Added) -> Result<Request, Refusal> {
-    // The field slots live on the stack up to the default limit, left uninitialised (httparse
-    // fills what it parses).
+/// A parsed head: the request line, the fields and what they say about framing.
+struct Head<'h, 'b> {
+    method: &'b str,
+    target: &'b str,
+    minor: u8,
+    headers: &'h [httparse::Header<'b>],
+    fields: Fields<'b>,
+    body: Body,
+}
+
+/// Parse `head` with httparse (field slots on the stack up to the default limit, left
+/// uninitialised: httparse fills what it parses) and check its framing; `f` gets the result.
+fn with_head<T>(
+    head: &[u8],
+    limits: &HeadLimits,
+    f: impl FnOnce(Head<'_, '_>) -> Result<T, Refusal>,
+) -> Result<T, Refusal> {
     let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
     let mut heap = Vec::new();
     let storage = if limits.max_headers <= stack.len() {
@@ -227,51 +265,64 @@ fn rewrite(head: &[u8], limits: &HeadLimits, added: &Added) -> Result<Request, R
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(Refusal::new(400, "malformed request line"));
     };
-    if method.eq_ignore_ascii_case("CONNECT") {
-        return Err(Refusal::new(405, "CONNECT is not supported"));
-    }
-
-    let mut f = Fields::default();
+    let mut fields = Fields::default();
     for h in req.headers.iter() {
-        let value = std::str::from_utf8(h.value).ok();
-        let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            let n = value
+        scan_field(&mut fields, h)?;
+    }
+    let body = framing(&fields, minor)?;
+    f(Head {
+        method,
+        target,
+        minor,
+        headers: req.headers,
+        fields,
+        body,
+    })
+}
+
+/// Note what one field says (framing, `Host`, `Connection`, `x-forwarded-for`).
+fn scan_field<'b>(f: &mut Fields<'b>, h: &httparse::Header<'b>) -> Result<(), Refusal> {
+    let value = std::str::from_utf8(h.value).ok();
+    let name = h.name;
+    if name.eq_ignore_ascii_case("content-length") {
+        let n = value
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| Refusal::new(400, "invalid Content-Length"))?;
+        if f.content_length.is_some_and(|m| m != n) {
+            return Err(Refusal::new(400, "several different Content-Length values"));
+        }
+        f.content_length = Some(n);
+    } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        f.transfer_encodings += 1;
+        f.chunked = value.is_some_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
+    } else if name.eq_ignore_ascii_case("host") {
+        f.hosts.push(
+            value
                 .map(str::trim)
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| Refusal::new(400, "invalid Content-Length"))?;
-            if f.content_length.is_some_and(|m| m != n) {
-                return Err(Refusal::new(400, "several different Content-Length values"));
-            }
-            f.content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            f.transfer_encodings += 1;
-            f.chunked = value.is_some_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
-        } else if name.eq_ignore_ascii_case("host") {
-            f.hosts.push(
-                value
-                    .map(str::trim)
-                    .ok_or_else(|| Refusal::new(400, "invalid Host"))?,
-            );
-        } else if name.eq_ignore_ascii_case("connection") {
-            for option in value.unwrap_or_default().split(',').map(str::trim) {
-                if option.eq_ignore_ascii_case("close") {
-                    f.close = true;
-                } else if option.eq_ignore_ascii_case("keep-alive") {
-                    f.keep_alive = true;
-                } else if !option.is_empty() {
-                    f.connection_options.push(option);
-                }
-            }
-        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
-            if let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) {
-                f.forwarded_for.push(v);
+                .ok_or_else(|| Refusal::new(400, "invalid Host"))?,
+        );
+    } else if name.eq_ignore_ascii_case("connection") {
+        for option in value.unwrap_or_default().split(',').map(str::trim) {
+            if option.eq_ignore_ascii_case("close") {
+                f.close = true;
+            } else if option.eq_ignore_ascii_case("keep-alive") {
+                f.keep_alive = true;
+            } else if !option.is_empty() {
+                f.connection_options.push(option);
             }
         }
+    } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+        if let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) {
+            f.forwarded_for.push(v);
+        }
     }
+    Ok(())
+}
 
-    // Framing.
+/// The request body's framing, or the refusal of an ambiguous one.
+fn framing(f: &Fields<'_>, minor: u8) -> Result<Body, Refusal> {
     if f.transfer_encodings > 0 && f.content_length.is_some() {
         return Err(Refusal::new(
             400,
@@ -287,11 +338,29 @@ fn rewrite(head: &[u8], limits: &HeadLimits, added: &Added) -> Result<Request, R
     if f.transfer_encodings > 1 || (f.transfer_encodings == 1 && !f.chunked) {
         return Err(Refusal::new(400, "Transfer-Encoding other than chunked"));
     }
-    let body = if f.chunked {
+    Ok(if f.chunked {
         Body::chunked()
     } else {
         Body::Length(f.content_length.unwrap_or(0))
-    };
+    })
+}
+
+fn rewrite(head: &[u8], limits: &HeadLimits, added: &Added) -> Result<Request, Refusal> {
+    with_head(head, limits, |h| rewrite_reverse(h, added))
+}
+
+fn rewrite_reverse(h: Head<'_, '_>, added: &Added) -> Result<Request, Refusal> {
+    let Head {
+        method,
+        target,
+        minor,
+        headers,
+        fields: f,
+        body,
+    } = h;
+    if method.eq_ignore_ascii_case("CONNECT") {
+        return Err(Refusal::new(405, "CONNECT is not supported"));
+    }
 
     // Host and target.
     if f.hosts.len() > 1 || (minor == 1 && f.hosts.is_empty()) {
@@ -306,14 +375,14 @@ fn rewrite(head: &[u8], limits: &HeadLimits, added: &Added) -> Result<Request, R
         .or_else(|| added.fallback_host.clone());
 
     // The upstream head.
-    let mut out = Vec::with_capacity(head.len() + 256);
+    let mut out = Vec::with_capacity(512);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let cert_name = added.cert_header.as_ref().map(|(n, _)| n.as_str());
     let mut merged_length = false;
-    for h in req.headers.iter() {
+    for h in headers.iter() {
         let name = h.name;
         let named = one_of(name, &f.connection_options) && !one_of(name, FRAMING);
         if one_of(name, STRIPPED)
@@ -371,7 +440,161 @@ fn rewrite(head: &[u8], limits: &HeadLimits, added: &Added) -> Result<Request, R
             .any(|m| method.eq_ignore_ascii_case(m)),
         minor,
         close: if minor == 0 { !f.keep_alive } else { f.close },
+        dest: None,
     })
+}
+
+/// The refusal of CONNECT by the forward proxy.
+pub(crate) const CONNECT_REFUSED: &str = "CONNECT is refused: a tunnel would let the \
+application bypass the company's client certificate and TLS policy. Send requests in \
+absolute form (GET http://partner.example:8443/path HTTP/1.1); the gateway makes the TLS \
+connection itself";
+
+/// The refusal of an origin-form request by the forward proxy.
+pub(crate) const ORIGIN_FORM_REFUSED: &str = "this is a forward proxy: requests need an \
+absolute-form target (GET http://partner.example:8443/path HTTP/1.1)";
+
+fn rewrite_forward(head: &[u8], limits: &HeadLimits) -> Result<Request, Refusal> {
+    with_head(head, limits, |h| {
+        let Head {
+            method,
+            target,
+            minor,
+            headers,
+            fields: f,
+            body,
+        } = h;
+        if method.eq_ignore_ascii_case("CONNECT") {
+            return Err(Refusal::new(405, CONNECT_REFUSED));
+        }
+        if f.hosts.len() > 1 {
+            return Err(Refusal::new(400, "a request needs at most one Host"));
+        }
+        let Some(auth) = authority(target) else {
+            return Err(Refusal::new(400, ORIGIN_FORM_REFUSED));
+        };
+        let dest = Dest::parse(auth)
+            .ok_or_else(|| Refusal::new(400, format!("invalid destination {auth:?}")))?;
+        let path = origin_form(method, target, None)?;
+
+        let mut out = Vec::with_capacity(head.len() + 64);
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        out.extend_from_slice(auth.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let mut merged_length = false;
+        for h in headers.iter() {
+            let name = h.name;
+            let named = one_of(name, &f.connection_options) && !one_of(name, FRAMING);
+            if one_of(name, HOP_BY_HOP)
+                || named
+                || starts_with_ci(name, "proxy-")
+                || name.eq_ignore_ascii_case("host")
+                || (minor == 0 && name.eq_ignore_ascii_case("expect"))
+            {
+                continue;
+            }
+            if name.eq_ignore_ascii_case("content-length") {
+                if merged_length {
+                    continue;
+                }
+                merged_length = true;
+            }
+            push_field(&mut out, h.name, h.value);
+        }
+        out.extend_from_slice(b"\r\n");
+        Ok(Request {
+            head_len: 0,
+            upstream_head: out,
+            body,
+            head_method: method.eq_ignore_ascii_case("HEAD"),
+            idempotent: ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]
+                .iter()
+                .any(|m| method.eq_ignore_ascii_case(m)),
+            minor,
+            close: if minor == 0 { !f.keep_alive } else { f.close },
+            dest: Some(dest),
+        })
+    })
+}
+
+/// Hop-by-hop fields, removed by the forward proxy (besides `Proxy-*` and what
+/// `Connection` names).
+const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "te", "trailer", "upgrade"];
+
+fn starts_with_ci(s: &str, prefix: &str) -> bool {
+    s.get(..prefix.len())
+        .is_some_and(|h| h.eq_ignore_ascii_case(prefix))
+}
+
+/// Where a forward-proxy request goes: the host of its absolute-form target (lowercase,
+/// an IPv6 literal without brackets) and the port (443 when the target names none, for
+/// `http://` too: every request leaves over TLS).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Dest {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+}
+
+impl Dest {
+    /// The destination of an authority (`host`, `host:port`, `[v6]:port`); `None` for
+    /// userinfo, an empty host, a bad port or characters a host name cannot hold.
+    pub(crate) fn parse(auth: &str) -> Option<Dest> {
+        let (host, port) = split_authority(auth)?;
+        if host.contains('*') {
+            return None;
+        }
+        Some(Dest {
+            host: host.to_ascii_lowercase(),
+            port: port.unwrap_or(443),
+        })
+    }
+}
+
+/// An authority's host (an IPv6 literal without brackets) and port, if it names one; `None`
+/// for userinfo, an empty host, a bad or zero port or characters a host name cannot hold.
+pub(crate) fn split_authority(auth: &str) -> Option<(&str, Option<u16>)> {
+    if auth.contains('@') {
+        return None;
+    }
+    let (host, port) = if let Some(rest) = auth.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        v6.parse::<std::net::Ipv6Addr>().ok()?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?),
+        };
+        (v6, port)
+    } else {
+        match auth.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (auth, None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse::<u16>().ok().filter(|p| *p != 0)?)
+        }
+        Some(_) => return None,
+    };
+    let ok = |b: u8| b.is_ascii_alphanumeric() || b"-._:*".contains(&b);
+    if host.is_empty() || !host.bytes().all(ok) || (host.contains('*') && !host.starts_with("*.")) {
+        return None;
+    }
+    Some((host, port))
+}
+
+impl std::fmt::Display for Dest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
 }
 
 /// `name` is one of `list`, ignoring ASCII case.
@@ -694,6 +917,82 @@ mod tests {
                 let up = String::from_utf8_lossy(&r.upstream_head).to_ascii_lowercase();
                 prop_assert!(!(up.contains("content-length:") && up.contains("transfer-encoding:")));
             }
+        }
+    }
+
+    fn forward(raw: &str) -> Parsed {
+        parse_with(raw.as_bytes(), &LIMITS, Mode::Forward)
+    }
+
+    fn forward_request(raw: &str) -> (String, Dest) {
+        match forward(raw) {
+            Parsed::Request(r) => (String::from_utf8(r.upstream_head).unwrap(), r.dest.unwrap()),
+            other => panic!("{raw:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn forward_requests_go_in_origin_form_with_the_targets_authority_as_host() {
+        let (head, dest) = forward_request(
+            "GET http://Partner.Example:8443/logistics-objects/1?x=1 HTTP/1.1\r\n\
+             Host: localhost:3128\r\nAccept: application/ld+json\r\n\r\n",
+        );
+        assert_eq!(
+            head,
+            "GET /logistics-objects/1?x=1 HTTP/1.1\r\nHost: Partner.Example:8443\r\n\
+             Accept: application/ld+json\r\n\r\n"
+        );
+        assert_eq!(dest.to_string(), "partner.example:8443");
+        // No port: 443 for http:// too (everything leaves over TLS); no path: "/".
+        let (head, dest) = forward_request("GET http://partner.example HTTP/1.1\r\n\r\n");
+        assert!(
+            head.starts_with("GET / HTTP/1.1\r\nHost: partner.example\r\n"),
+            "{head}"
+        );
+        assert_eq!(dest.port, 443);
+        let (_, dest) = forward_request("GET https://[::1]:9/ HTTP/1.1\r\nHost: [::1]:9\r\n\r\n");
+        assert_eq!(dest.to_string(), "[::1]:9");
+    }
+
+    #[test]
+    fn forward_requests_lose_proxy_and_hop_by_hop_fields_and_gain_no_forwarding_fields() {
+        let (head, _) = forward_request(
+            "POST http://p.example/x HTTP/1.1\r\nHost: p.example\r\n\
+             Proxy-Authorization: Basic c2VjcmV0\r\nProxy-Connection: keep-alive\r\n\
+             Proxy-Anything: 1\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\n\
+             Keep-Alive: timeout=5\r\nTE: trailers\r\nUpgrade: h2c\r\n\
+             X-Forwarded-For: 10.0.0.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+        );
+        assert_eq!(
+            head,
+            "POST /x HTTP/1.1\r\nHost: p.example\r\nX-Forwarded-For: 10.0.0.1\r\n\
+             Content-Length: 2\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn forward_mode_refuses_connect_origin_form_and_bad_destinations() {
+        let status = |raw: &str| match forward(raw) {
+            Parsed::Refused(r) => (r.status, r.reason),
+            other => panic!("{raw:?}: {other:?}"),
+        };
+        let (s, why) = status("CONNECT p.example:443 HTTP/1.1\r\nHost: p.example:443\r\n\r\n");
+        assert_eq!(s, 405);
+        assert!(why.contains("bypass"), "{why}");
+        let (s, why) = status("GET /x HTTP/1.1\r\nHost: p.example\r\n\r\n");
+        assert_eq!(s, 400);
+        assert!(why.contains("absolute-form"), "{why}");
+        for raw in [
+            "GET http://user@p.example/ HTTP/1.1\r\n\r\n",
+            "GET http://p.example:0/ HTTP/1.1\r\n\r\n",
+            "GET http://p.example:99999/ HTTP/1.1\r\n\r\n",
+            "GET http://*.example/ HTTP/1.1\r\n\r\n",
+            "GET http:///x HTTP/1.1\r\n\r\n",
+            "GET ftp://p.example/ HTTP/1.1\r\n\r\n",
+            "GET http://p.example/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "POST http://p.example/ HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(status(raw).0, 400, "{raw:?}");
         }
     }
 }

@@ -200,6 +200,7 @@ pub(crate) fn parse(buf: &[u8], ex: &Exchange) -> Result<Option<Response>, Strin
 pub(crate) fn simple(status: u16, text: &str) -> Vec<u8> {
     let reason = match status {
         400 => "Bad Request",
+        403 => "Forbidden",
         405 => "Method Not Allowed",
         414 => "URI Too Long",
         431 => "Request Header Fields Too Large",
