@@ -90,28 +90,14 @@ fn is_host_name(s: &str) -> bool {
         })
 }
 
-/// Where to connect for a host instead of resolving it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Connect {
-    /// This address, on the port of the request.
-    Ip(IpAddr),
-    /// This address and port, whatever the request's port.
-    Addr(SocketAddr),
-}
-
-impl Connect {
-    fn parse(s: &str, what: &str) -> Result<Self, ConfigFail> {
-        if let Ok(a) = s.parse::<SocketAddr>() {
-            return Ok(Connect::Addr(a));
-        }
-        let ip = s.trim_start_matches('[').trim_end_matches(']');
-        ip.parse::<IpAddr>().map(Connect::Ip).map_err(|_| {
-            ConfigFail(format!(
-                "{what} {s:?}: an IP address, optionally with :PORT (no name: it is the \
-                 address to use instead of resolving the partner's)"
-            ))
-        })
-    }
+/// A partner's `address`: `IP:PORT` to connect to instead of resolving its hosts.
+fn connect_addr(s: &str, what: &str) -> Result<SocketAddr, ConfigFail> {
+    s.parse::<SocketAddr>().map_err(|_| {
+        ConfigFail(format!(
+            "{what} {s:?}: an IP address and port, IP:PORT (no name: it is the address to \
+             use instead of resolving the partner's)"
+        ))
+    })
 }
 
 /// `--resolve HOST:PORT:ADDR` (as curl's): requests to HOST on PORT connect to ADDR.
@@ -186,8 +172,8 @@ pub struct Partner {
     pub hosts: Vec<Destination>,
     /// Its own inputs (absent ones come from the defaults).
     pub inputs: PolicyInputs,
-    /// Connect here instead of resolving the host.
-    pub address: Option<Connect>,
+    /// Connect here instead of resolving the host (whatever port the request names).
+    pub address: Option<SocketAddr>,
     /// How errors name its keys.
     pub labels: Labels,
 }
@@ -458,7 +444,7 @@ impl EgressPlan {
                 Some(a) => {
                     let label = at(a.span(), "address");
                     keys.insert("address", a.span());
-                    Some(Connect::parse(a.get_ref(), &label)?)
+                    Some(connect_addr(a.get_ref(), &label)?)
                 }
                 None => None,
             };
@@ -859,11 +845,9 @@ pub fn log_plan(plan: &EgressPlan) {
                 .as_ref()
                 .map(|c| c.display().to_string())
                 .unwrap_or_default(),
-            match p.address {
-                Some(Connect::Ip(ip)) => format!(", connects to {ip}"),
-                Some(Connect::Addr(a)) => format!(", connects to {a}"),
-                None => String::new(),
-            },
+            p.address
+                .map(|a| format!(", connects to {a}"))
+                .unwrap_or_default(),
             if e.inputs.verify_uri.len()
                 + e.inputs.verify_cn.len()
                 + e.inputs.verify_dns.len()
@@ -1094,15 +1078,16 @@ mod tests {
     }
 
     #[test]
-    fn a_connect_override_is_an_address_with_or_without_port() {
+    fn a_connect_override_is_an_address_and_port() {
         assert_eq!(
-            Connect::parse("127.0.0.1", "x").ok(),
-            Some(Connect::Ip("127.0.0.1".parse().unwrap()))
+            connect_addr("127.0.0.1:8443", "x").ok(),
+            Some("127.0.0.1:8443".parse().unwrap())
         );
         assert_eq!(
-            Connect::parse("[::1]:8443", "x").ok(),
-            Some(Connect::Addr("[::1]:8443".parse().unwrap()))
+            connect_addr("[::1]:8443", "x").ok(),
+            Some("[::1]:8443".parse().unwrap())
         );
-        assert!(Connect::parse("partner.example", "x").is_err());
+        assert!(connect_addr("127.0.0.1", "x").is_err());
+        assert!(connect_addr("partner.example:8443", "x").is_err());
     }
 }

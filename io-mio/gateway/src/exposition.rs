@@ -2,14 +2,15 @@
 //! from (certificate and CRL dates), reloads, build and process, encoded with
 //! `prometheus-client` in the Prometheus text format (0.0.4) or OpenMetrics.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use log::debug;
 use onerecord_tls::{CertInfo, Failure, Time, pki};
-use onerecord_tls_mio::Metrics;
 use onerecord_tls_mio::metrics::HANDSHAKE_BUCKETS;
+use onerecord_tls_mio::{DestinationStats, ForwardProxy, Metrics};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -83,64 +84,77 @@ impl Files {
     }
 }
 
-/// One egress destination's counters (`host:port`), as the forward proxy's `stats()` reports
-/// them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DestinationStats {
-    /// `host:port`.
-    pub destination: String,
-    /// Requests the application sent to it.
-    pub requests: u64,
-    /// TLS connections opened to it.
-    pub connections: u64,
-    /// Completed full handshakes.
-    pub handshakes_full: u64,
-    /// Completed resumed handshakes.
-    pub handshakes_resumed: u64,
-    /// Failures by reason (`refused_by_partner`, `verification`, `dns`, `connect`,
-    /// `connect_timeout`, `tls_timeout`, `response_timeout`, ... as the proxy names them).
-    pub failures: Vec<(String, u64)>,
-}
-
-/// Where the egress proxy's per-destination counters come from: the running proxy (a reload
-/// installs the new one's).
-#[derive(Default)]
+/// The egress proxy's per-destination counters for the metrics endpoint: the running
+/// proxy's, plus those of the proxies that reloads replaced (so that counters never go back),
+/// and the idle pools of the server it runs in.
+#[derive(Debug, Default)]
 pub struct Egress {
-    source: Mutex<Option<EgressSource>>,
+    state: Mutex<EgressState>,
 }
 
-/// A function that reads the running egress proxy's counters.
-pub type EgressSource = Box<dyn Fn() -> Vec<DestinationStats> + Send + Sync>;
+#[derive(Debug, Default)]
+struct EgressState {
+    proxy: Option<ForwardProxy>,
+    /// What the replaced proxies had counted when they were replaced.
+    retired: BTreeMap<String, DestinationStats>,
+    /// The server whose upstream pools the proxy uses (`None`: the one of [`Status`]).
+    metrics: Option<Metrics>,
+}
 
-impl std::fmt::Debug for Egress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Egress").finish_non_exhaustive()
+/// Add `b` into `a`.
+fn add_stats(a: &mut DestinationStats, b: &DestinationStats) {
+    a.requests += b.requests;
+    a.connections += b.connections;
+    a.handshakes_full += b.handshakes_full;
+    a.handshakes_resumed += b.handshakes_resumed;
+    for (reason, n) in &b.failures {
+        *a.failures.entry(reason).or_default() += n;
     }
 }
 
 impl Egress {
-    /// Read the counters from `source` from now on.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "main::forward_proxy calls it once the library's ForwardProxy is in this build"
-        )
-    )]
-    pub fn set(&self, source: EgressSource) {
-        if let Ok(mut s) = self.source.lock() {
-            *s = Some(source);
+    /// Count `proxy` from now on (at start, and after a reload: the replaced proxy's
+    /// counters so far are kept).
+    pub fn set(&self, proxy: ForwardProxy) {
+        if let Ok(mut s) = self.state.lock() {
+            if let Some(old) = s.proxy.replace(proxy) {
+                for (dest, st) in old.stats() {
+                    add_stats(s.retired.entry(dest).or_default(), &st);
+                }
+            }
         }
     }
 
-    /// The counters now, by destination.
-    fn read(&self) -> Vec<DestinationStats> {
-        let mut v = match self.source.lock() {
-            Ok(s) => s.as_ref().map(|f| f()).unwrap_or_default(),
-            Err(_) => Vec::new(),
+    /// Read the idle pools from `metrics` (the server the proxy runs in) rather than from
+    /// the listeners' server.
+    pub fn pools_of(&self, metrics: Metrics) {
+        if let Ok(mut s) = self.state.lock() {
+            s.metrics = Some(metrics);
+        }
+    }
+
+    /// The counters now, by destination, and the idle pools (`None`: those of the
+    /// listeners' server).
+    fn read(
+        &self,
+    ) -> (
+        BTreeMap<String, DestinationStats>,
+        Option<BTreeMap<String, u64>>,
+    ) {
+        let Ok(s) = self.state.lock() else {
+            return (BTreeMap::new(), None);
         };
-        v.sort_by(|a, b| a.destination.cmp(&b.destination));
-        v
+        let mut all = s.retired.clone();
+        if let Some(p) = &s.proxy {
+            for (dest, st) in p.stats() {
+                add_stats(all.entry(dest).or_default(), &st);
+            }
+        }
+        let idle = s
+            .metrics
+            .as_ref()
+            .map(|m| m.snapshot().counters.upstream_idle);
+        (all, idle)
     }
 }
 
@@ -428,7 +442,8 @@ impl Collector for Status {
         )?;
 
         if let Some(egress) = &self.egress {
-            destinations(&mut enc, &egress.read(), &c.upstream_idle)?;
+            let (stats, idle) = egress.read();
+            destinations(&mut enc, &stats, idle.as_ref().unwrap_or(&c.upstream_idle))?;
         }
 
         let (files, last_success, last_ok, failures) = match self.reloads.lock() {
@@ -528,16 +543,17 @@ impl Collector for Status {
 /// proxy's destination label).
 fn destinations(
     enc: &mut DescriptorEncoder,
-    d: &[DestinationStats],
-    idle: &std::collections::BTreeMap<String, u64>,
+    d: &BTreeMap<String, DestinationStats>,
+    idle: &BTreeMap<String, u64>,
 ) -> std::fmt::Result {
-    let dest = |s: &DestinationStats| l("destination", s.destination.clone());
+    let d: Vec<(&String, &DestinationStats)> = d.iter().collect();
+    let dest = |k: &String| l("destination", k.clone());
     family(
         enc,
         "onerecord_egress_requests",
         "Egress: requests the application sent, by destination (host:port).",
         d.iter()
-            .map(|s| (vec![dest(s)], ConstCounter::new(s.requests))),
+            .map(|(k, s)| (vec![dest(k)], ConstCounter::new(s.requests))),
     )?;
     family(
         enc,
@@ -545,20 +561,20 @@ fn destinations(
         "Egress: TLS connections opened to each destination (a request on a pooled \
          connection opens none).",
         d.iter()
-            .map(|s| (vec![dest(s)], ConstCounter::new(s.connections))),
+            .map(|(k, s)| (vec![dest(k)], ConstCounter::new(s.connections))),
     )?;
     family(
         enc,
         "onerecord_egress_handshakes",
         "Egress: completed handshakes with each destination, full or resumed.",
-        d.iter().flat_map(|s| {
+        d.iter().flat_map(|(k, s)| {
             [
                 (
-                    vec![dest(s), l("kind", "full")],
+                    vec![dest(k), l("kind", "full")],
                     ConstCounter::new(s.handshakes_full),
                 ),
                 (
-                    vec![dest(s), l("kind", "resumed")],
+                    vec![dest(k), l("kind", "resumed")],
                     ConstCounter::new(s.handshakes_resumed),
                 ),
             ]
@@ -568,18 +584,17 @@ fn destinations(
         enc,
         "onerecord_egress_failures",
         "Egress: failed requests by destination and reason (the application got 502 or 504).",
-        d.iter().flat_map(|s| {
+        d.iter().flat_map(|(k, s)| {
             s.failures.iter().map(|(reason, n)| {
                 (
-                    vec![dest(s), l("reason", reason.clone())],
+                    vec![dest(k), l("reason", reason.to_string())],
                     ConstCounter::new(*n),
                 )
             })
         }),
     )?;
     // Every destination with counters (0 when nothing is pooled for it) and every pool.
-    let mut pools: std::collections::BTreeMap<&str, u64> =
-        d.iter().map(|s| (s.destination.as_str(), 0)).collect();
+    let mut pools: BTreeMap<&str, u64> = d.iter().map(|(k, _)| (k.as_str(), 0)).collect();
     for (k, n) in idle {
         pools.insert(k.as_str(), *n);
     }
@@ -685,14 +700,13 @@ pub fn watched(own: Option<&Path>, ca: Option<&Path>, crl: &[PathBuf]) -> Watche
 mod tests {
     use super::*;
 
-    fn stats(dest: &str, requests: u64, connections: u64) -> DestinationStats {
+    fn stats(requests: u64, connections: u64) -> DestinationStats {
         DestinationStats {
-            destination: dest.to_string(),
             requests,
             connections,
             handshakes_full: 1,
             handshakes_resumed: connections - 1,
-            failures: vec![("refused_by_partner".to_string(), 2)],
+            failures: [("refused", 2)].into_iter().collect(),
         }
     }
 
@@ -702,9 +716,14 @@ mod tests {
         let status = Status::new(Metrics::default(), Watched::default(), Some(egress.clone()));
         let (before, _) = status.render(false);
         assert!(!before.contains("onerecord_egress_"), "{before}");
-        egress.set(Box::new(|| {
-            vec![stats("b.example:443", 7, 3), stats("a.example:8443", 40, 2)]
-        }));
+        if let Ok(mut s) = egress.state.lock() {
+            s.retired = [
+                ("b.example:443".to_string(), stats(7, 3)),
+                ("a.example:8443".to_string(), stats(40, 2)),
+            ]
+            .into_iter()
+            .collect();
+        }
         let (text, _) = status.render(false);
         for line in [
             "onerecord_egress_requests_total{destination=\"a.example:8443\"} 40",
@@ -712,7 +731,7 @@ mod tests {
             "onerecord_egress_connections_total{destination=\"a.example:8443\"} 2",
             "onerecord_egress_handshakes_total{destination=\"b.example:443\",kind=\"resumed\"} 2",
             "onerecord_egress_handshakes_total{destination=\"b.example:443\",kind=\"full\"} 1",
-            "onerecord_egress_failures_total{destination=\"a.example:8443\",reason=\"refused_by_partner\"} 2",
+            "onerecord_egress_failures_total{destination=\"a.example:8443\",reason=\"refused\"} 2",
             // No pool in this process: a destination with counters shows 0 idle.
             "onerecord_egress_pool_idle_connections{destination=\"b.example:443\"} 0",
         ] {
@@ -722,6 +741,17 @@ mod tests {
         let a = text.find("destination=\"a.example:8443\"");
         let b = text.find("destination=\"b.example:443\"");
         assert!(a < b, "{text}");
+    }
+
+    #[test]
+    fn a_replaced_proxy_keeps_its_counts_under_the_new_one() {
+        let mut sum = stats(5, 2);
+        add_stats(&mut sum, &stats(3, 1));
+        assert_eq!(sum.requests, 8);
+        assert_eq!(sum.connections, 3);
+        assert_eq!(sum.handshakes_full, 2);
+        assert_eq!(sum.handshakes_resumed, 1);
+        assert_eq!(sum.failures.get("refused"), Some(&4));
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod config_file;
 mod dev;
 mod egress;
 mod exposition;
+mod local_side;
 mod logging;
 mod metrics_http;
 
@@ -31,8 +32,8 @@ use onerecord_tls::{
     TrustStore, UnknownStatus, Versions, Warning, pki,
 };
 use onerecord_tls_mio::{
-    Backend, HttpProxy, HttpProxyConfig, IdentityResponder, Limits, Listener, Mode, ServerConfig,
-    SniBackends,
+    Backend, ForwardProxy, ForwardProxyConfig, HttpProxy, HttpProxyConfig, IdentityResponder,
+    Limits, Listener, Mode, Partner, ServerConfig, SniBackends,
 };
 
 /// The configuration file's keys (README.md, "The configuration file", says more).
@@ -1082,25 +1083,38 @@ fn client(a: &ClientArgs) -> Result<(), ConfigFail> {
     })
 }
 
-/// The library backend of the egress proxy.
-///
-/// The one place where the forward proxy is constructed
-/// (`onerecord_tls_mio::ForwardProxy::new(ForwardProxyConfig { .. })` with the default policy,
-/// one entry per partner with its hosts, policy and connect address, the allow-list, the
-/// `--resolve` overrides and the timeouts); until that type is in this build, starting the
-/// egress proxy is a configuration error (`check` builds every policy and accepts the file).
-/// `stats` gets the proxy's per-destination counters (`ForwardProxy::stats()`, with the idle
-/// pool sizes of `Counters::upstream_idle`).
-fn forward_proxy(
-    plan: &EgressPlan,
-    built: &egress::Built,
-    stats: &exposition::Egress,
-) -> Result<Mode, ConfigFail> {
-    let _ = (built, stats);
-    Err(ConfigFail(format!(
-        "--listen {}: egress proxy (forward proxy) not built yet",
-        plan.listen
-    )))
+/// The egress proxy `plan` describes, with the policies `built` from it.
+fn forward_proxy(plan: &EgressPlan, built: &egress::Built) -> Result<ForwardProxy, ConfigFail> {
+    let mut c = ForwardProxyConfig::new(built.default.as_ref().map(|d| d.policy.clone()));
+    c.partners = plan
+        .partners
+        .iter()
+        .zip(&built.partners)
+        .map(|(p, b)| {
+            let mut partner =
+                Partner::new(p.hosts.iter().map(ToString::to_string), b.policy.clone());
+            partner.connect = p.address;
+            partner
+        })
+        .collect();
+    c.allow = plan.allow.iter().map(ToString::to_string).collect();
+    c.resolve = plan
+        .resolve
+        .iter()
+        .map(|r| {
+            (
+                format!("{}:{}", r.host, r.port),
+                SocketAddr::new(r.addr, r.port),
+            )
+        })
+        .collect();
+    c.connect_timeout = plan.connect_timeout;
+    c.upstream_timeout = plan.upstream_timeout;
+    let what = match &plan.file {
+        Some(f) => format!("--config {}", f.display()),
+        None => "client".to_string(),
+    };
+    ForwardProxy::new(c).map_err(|e| ConfigFail(format!("{what}: {e}")))
 }
 
 /// Run the egress proxy `plan` describes; a reload re-reads the file (or the files the flags
@@ -1108,17 +1122,26 @@ fn forward_proxy(
 fn serve_egress(plan: EgressPlan) -> Result<(), ConfigFail> {
     egress::log_plan(&plan);
     let built = egress::build(&plan, None)?;
+    let proxy = forward_proxy(&plan, &built)?;
     let stats = Arc::new(exposition::Egress::default());
-    let mode = forward_proxy(&plan, &built, &stats)?;
+    stats.set(proxy.clone());
+    let local = Arc::new(local_side::LocalSide::start(
+        proxy,
+        plan.common.workers.unwrap_or(0),
+        limits(&plan.common)?,
+        secs(plan.common.handshake_timeout, "handshake_timeout")?,
+    )?);
+    stats.pools_of(local.metrics());
     let listeners = vec![Listener {
         addr: plan.listen,
-        mode,
+        mode: local.public_mode(),
     }];
     let watched = egress::watched(&plan);
     let common = plan.common.clone();
     let state = Mutex::new((plan, built));
     let reload_stats = stats.clone();
-    run(listeners, &common, watched, Some(stats), move |_| {
+    let reload_local = local.clone();
+    let result = run(listeners, &common, watched, Some(stats), move |_| {
         let mut state = state
             .lock()
             .map_err(|_| ConfigFail("reload: an earlier reload panicked".to_string()))?;
@@ -1136,10 +1159,20 @@ fn serve_egress(plan: EgressPlan) -> Result<(), ConfigFail> {
             );
         }
         let built = egress::build(&fresh, Some(previous))?;
-        let mode = forward_proxy(&fresh, &built, &reload_stats)?;
+        let proxy = forward_proxy(&fresh, &built)?;
+        if !reload_local.install(proxy.clone()) {
+            return Err(ConfigFail(
+                "egress: the proxy could not be replaced".to_string(),
+            ));
+        }
+        reload_stats.set(proxy);
+        info!("egress: reloaded ({} partner(s))", fresh.partners.len());
         *state = (fresh, built);
-        Ok(Reloaded::All(mode))
-    })
+        // The public listener keeps forwarding to the same local hop.
+        Ok(Reloaded::Each(vec![None]))
+    });
+    local.stop();
+    result
 }
 
 /// `check --config FILE` for a client (egress) file: parse it, build every policy; one line

@@ -2,7 +2,8 @@
 //! curl (`-x`) and a Java application (`-Dhttp.proxyHost`) are the local application; the
 //! partners are the gateway binary itself in server mode with `--require-client-cert` (its
 //! identity responder answers with the client certificate it verified). Partner names
-//! (`partner-a.example`, ...) reach loopback through each `[[partner]]`'s `address`.
+//! (`partner-a.example`, ...) reach loopback through each `[[partner]]`'s `address`; the
+//! gateway's log and its metrics endpoint show what the proxy did.
 
 mod common;
 
@@ -89,8 +90,20 @@ fn accepted(p: &Gateway) -> usize {
     p.log_count("onerecord::access] accepted")
 }
 
-/// The two-partner client file: a certificate per partner, both reached on loopback.
-fn two_partner_file(pki: &Pki, extra_top: &str) -> String {
+/// The loopback address of a partner that was started (or a closed port).
+fn at(p: Option<&Gateway>) -> String {
+    p.map_or("127.0.0.1:1".to_string(), |g| g.addr.to_string())
+}
+
+/// The two-partner client file: a certificate per partner, each reached on loopback at the
+/// address of the gateway given for it; refuser.example gets partner b's certificate.
+fn two_partner_file(
+    pki: &Pki,
+    extra_top: &str,
+    a: Option<&Gateway>,
+    b: Option<&Gateway>,
+    refuser: Option<&Gateway>,
+) -> String {
     write(
         pki,
         "egress.toml",
@@ -104,14 +117,23 @@ allow_destination = ["partner-a.example", "partner-b.example", "refuser.example"
 hosts = ["partner-a.example"]
 cert = "acme-for-a.pem"
 key = "acme-for-a.key"
-address = "127.0.0.1"
+address = "{}"
 
 [[partner]]
-hosts = ["partner-b.example", "refuser.example"]
+hosts = ["partner-b.example"]
 cert = "acme-for-b.pem"
 key = "acme-for-b.key"
-address = "127.0.0.1"
-"#
+address = "{}"
+
+[[partner]]
+hosts = ["refuser.example"]
+cert = "acme-for-b.pem"
+key = "acme-for-b.key"
+address = "{}"
+"#,
+            at(a),
+            at(b),
+            at(refuser)
         ),
     )
 }
@@ -125,12 +147,11 @@ fn two_partner_pki() -> Pki {
 }
 
 #[test]
-#[ignore = "needs the library's ForwardProxy: forward_proxy refuses until then"]
 fn curl_through_the_egress_proxy_reaches_two_partners_each_with_its_own_certificate() {
     let pki = two_partner_pki();
     let a = partner(&pki, "partner-a.example", &[]);
     let b = partner(&pki, "partner-b.example", &[]);
-    let gw = egress(&two_partner_file(&pki, ""));
+    let gw = egress(&two_partner_file(&pki, "", Some(&a), Some(&b), None));
     for (p, name, cn) in [
         (&a, "partner-a.example", "acme-for-a"),
         (&b, "partner-b.example", "acme-for-b"),
@@ -149,15 +170,22 @@ fn curl_through_the_egress_proxy_reaches_two_partners_each_with_its_own_certific
             "{body}"
         );
     }
+    // The in-process hop from the local listener to the proxy stays out of the access log.
+    assert!(!gw.log().contains("egress-hop.internal"), "{}", gw.log());
 }
 
 #[test]
-#[ignore = "needs the library's ForwardProxy: forward_proxy refuses until then"]
 fn separate_curl_processes_share_a_few_tls_connections_to_a_partner() {
     let pki = two_partner_pki();
     let a = partner(&pki, "partner-a.example", &[]);
     let metrics = format!("127.0.0.1:{}", free_port());
-    let gw = egress(&two_partner_file(&pki, &format!("metrics = \"{metrics}\"")));
+    let gw = egress(&two_partner_file(
+        &pki,
+        &format!("metrics = \"{metrics}\""),
+        Some(&a),
+        None,
+        None,
+    ));
     let url = format!("http://partner-a.example:{}/x", a.addr.port());
     const N: usize = 12;
     for _ in 0..N {
@@ -196,11 +224,10 @@ fn separate_curl_processes_share_a_few_tls_connections_to_a_partner() {
 }
 
 #[test]
-#[ignore = "needs the library's ForwardProxy: forward_proxy refuses until then"]
 fn java_application_with_http_proxy_host_reaches_a_partner_over_reused_mtls() {
     let pki = two_partner_pki();
     let a = partner(&pki, "partner-a.example", &[]);
-    let gw = egress(&two_partner_file(&pki, ""));
+    let gw = egress(&two_partner_file(&pki, "", Some(&a), None, None));
     const N: usize = 6;
     let o = Command::new("timeout")
         .arg("60")
@@ -228,11 +255,10 @@ fn java_application_with_http_proxy_host_reaches_a_partner_over_reused_mtls() {
 }
 
 #[test]
-#[ignore = "needs the library's ForwardProxy: forward_proxy refuses until then"]
 fn connect_is_refused_with_405_saying_a_tunnel_would_bypass_the_policy() {
     let pki = two_partner_pki();
     let a = partner(&pki, "partner-a.example", &[]);
-    let gw = egress(&two_partner_file(&pki, ""));
+    let gw = egress(&two_partner_file(&pki, "", Some(&a), None, None));
     // curl -p asks for a tunnel (CONNECT), as an https:// URL through a proxy does.
     let url = format!("http://partner-a.example:{}/", a.addr.port());
     let o = Command::new("curl")
@@ -260,11 +286,10 @@ fn connect_is_refused_with_405_saying_a_tunnel_would_bypass_the_policy() {
 }
 
 #[test]
-#[ignore = "needs the library's ForwardProxy: forward_proxy refuses until then"]
 fn a_destination_outside_the_allow_list_gets_403_naming_it() {
     let pki = two_partner_pki();
     let a = partner(&pki, "partner-a.example", &[]);
-    let gw = egress(&two_partner_file(&pki, ""));
+    let gw = egress(&two_partner_file(&pki, "", Some(&a), None, None));
     let url = format!("http://elsewhere.example:{}/", a.addr.port());
     let o = curl(&gw, &url, &[]);
     assert_eq!(code(&o), 403, "{}", text(&o));
@@ -273,12 +298,11 @@ fn a_destination_outside_the_allow_list_gets_403_naming_it() {
 }
 
 #[test]
-#[ignore = "needs the library's ForwardProxy: forward_proxy refuses until then"]
 fn a_partner_refusing_our_certificate_gives_502_naming_the_alert_and_a_warn_line() {
     let pki = two_partner_pki();
     // It admits only CN someone-else; we present acme-for-b.
     let r = partner(&pki, "refuser.example", &["--allow-cn", "someone-else"]);
-    let gw = egress(&two_partner_file(&pki, ""));
+    let gw = egress(&two_partner_file(&pki, "", None, None, Some(&r)));
     let dest = format!("refuser.example:{}", r.addr.port());
     let o = curl(&gw, &format!("http://{dest}/"), &[]);
     assert_eq!(code(&o), 502, "{}", text(&o));
@@ -356,8 +380,8 @@ fn every_client_configuration_error_exits_2_naming_the_key_and_its_line() {
         // A connect override that is a name.
         (
             "listen = \"127.0.0.1:0\"\nca = \"ca.pem\"\n[[partner]]\nhosts = [\"a.example\"]\n\
-             address = \"localhost\"\n",
-            ":5:11: address \"localhost\": an IP address",
+             address = \"127.0.0.1\"\n",
+            ":5:11: address \"127.0.0.1\": an IP address and port",
         ),
         // A file that does not load: its key and line.
         (
@@ -399,7 +423,7 @@ fn every_client_configuration_error_exits_2_naming_the_key_and_its_line() {
 #[test]
 fn check_accepts_a_client_file_and_names_each_partner_and_its_certificate() {
     let pki = two_partner_pki();
-    let file = two_partner_file(&pki, "");
+    let file = two_partner_file(&pki, "", None, None, None);
     let o = Command::new(env!("CARGO_BIN_EXE_onerecord-gateway"))
         .args(["check", "--config", &file])
         .output()
@@ -417,7 +441,7 @@ fn check_accepts_a_client_file_and_names_each_partner_and_its_certificate() {
         "{out}"
     );
     assert!(
-        line("partner-b.example,refuser.example").contains("acme-for-b.pem"),
+        line("partner-b.example").contains("acme-for-b.pem"),
         "{out}"
     );
     assert!(
@@ -430,7 +454,7 @@ fn check_accepts_a_client_file_and_names_each_partner_and_its_certificate() {
 #[test]
 fn client_config_with_other_client_flags_exits_2_naming_the_flag() {
     let pki = two_partner_pki();
-    let file = two_partner_file(&pki, "");
+    let file = two_partner_file(&pki, "", None, None, None);
     let (code, err) = run(&[
         "client",
         "--config",
