@@ -104,7 +104,7 @@ check --config takes it too: a file with a top-level listen, allow_destination o
     ca, crl, crl_grace   [default: the top-level ones; crl only with the top-level ca]
     verify_uri, verify_cn, verify_dns, verify_spki   identity the partner must show (any
                  one set replaces the top-level rules)
-    address      \"IP\" or \"IP:PORT\": connect there instead of resolving the host
+    address      \"IP:PORT\": connect there instead of resolving the host
   Contradictions (exit 2): cert without key (or key without cert), crl_grace without crl, a
   host claimed by two partners, a partner host that allow_destination does not cover, a
   partner without hosts or without any ca, --config with other client flags.
