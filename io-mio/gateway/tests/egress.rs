@@ -321,6 +321,78 @@ fn a_partner_refusing_our_certificate_gives_502_naming_the_alert_and_a_warn_line
     assert!(warn.contains("access_denied"), "{warn}");
 }
 
+#[test]
+fn a_partner_whose_certificate_is_for_another_name_gives_502_failed_verification() {
+    let pki = two_partner_pki();
+    let a = partner(&pki, "partner-a.example", &[]);
+    // partner-b.example's address is partner a, whose certificate names partner-a.example.
+    let gw = egress(&two_partner_file(&pki, "", None, Some(&a), None));
+    let dest = format!("partner-b.example:{}", a.addr.port());
+    let o = curl(&gw, &format!("http://{dest}/"), &[]);
+    assert_eq!(code(&o), 502, "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("{dest} failed verification")),
+        "{}",
+        text(&o)
+    );
+    gw.wait_for_log("failed verification", Duration::from_secs(10));
+    assert_eq!(
+        accepted(&a),
+        0,
+        "the partner counted an accepted connection"
+    );
+}
+
+#[test]
+fn sighup_rereads_the_client_file_a_new_destination_is_allowed_and_a_broken_file_keeps_the_running_one()
+ {
+    let pki = two_partner_pki();
+    let a = partner(&pki, "partner-a.example", &[]);
+    let b = partner(&pki, "partner-b.example", &[]);
+    let file = two_partner_file(&pki, "", Some(&a), Some(&b), None);
+    // At first both partners are allowed.
+    let gw = egress(&file);
+    let url_b = format!("http://partner-b.example:{}/", b.addr.port());
+    let url_a = format!("http://partner-a.example:{}/", a.addr.port());
+    assert_eq!(code(&curl(&gw, &url_b, &[])), 200);
+    // partner b leaves the allow-list (and its entry the file).
+    let without_b = format!(
+        r#"listen = "127.0.0.1:0"
+ca = "ca.pem"
+allow_destination = ["partner-a.example"]
+
+[[partner]]
+hosts = ["partner-a.example"]
+cert = "acme-for-a.pem"
+key = "acme-for-a.key"
+address = "{}"
+"#,
+        a.addr
+    );
+    std::fs::write(&file, without_b).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_log("egress: reloaded", Duration::from_secs(10));
+    let o = curl(&gw, &url_b, &[]);
+    assert_eq!(code(&o), 403, "{}", text(&o));
+    assert_eq!(code(&curl(&gw, &url_a, &[])), 200);
+    // A file that does not load: ERROR naming the key and line, the running proxy stays.
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:0\"\nca = \"ca.pem\"\nbogus = 1\n",
+    )
+    .unwrap();
+    gw.signal("HUP");
+    gw.wait_for_log("reload failed", Duration::from_secs(10));
+    let log = gw.log();
+    let line = log.lines().find(|l| l.contains("reload failed")).unwrap();
+    assert!(
+        line.contains("egress.toml:3:1: unknown field `bogus`"),
+        "{line}"
+    );
+    assert_eq!(code(&curl(&gw, &url_a, &[])), 200);
+    assert_eq!(code(&curl(&gw, &url_b, &[])), 403);
+}
+
 /// Run `onerecord-gateway args` to completion (bounded); its status code and stderr.
 fn run(args: &[&str]) -> (Option<i32>, String) {
     let o = Command::new("timeout")
