@@ -230,7 +230,9 @@ struct Common {
     /// client egress proxy, per destination (host:port): onerecord_egress_requests_total,
     /// onerecord_egress_connections_total (TLS connections opened),
     /// onerecord_egress_handshakes_total{kind} (full, resumed),
-    /// onerecord_egress_failures_total{reason}, onerecord_egress_pool_idle_connections;
+    /// onerecord_egress_failures_total{reason} (denied, dns, connect, connect_timeout, refused,
+    /// verification, handshake_timeout, tls, closed, bad_response, response_timeout),
+    /// onerecord_egress_pool_idle_connections;
     /// onerecord_certificate_expiry_seconds{listener},
     /// onerecord_certificate_not_after_timestamp_seconds{file,role,subject},
     /// onerecord_crl_next_update_timestamp_seconds{file,issuer},
