@@ -282,7 +282,11 @@ fn tls_upstream_connections_are_verified_pooled_and_resumed() {
 fn a_partner_that_does_not_trust_our_certificate_is_reported_with_its_alert() {
     let s = setup("partner", "other-ca.pem");
     let answer = exchange(&s, &["hello"]);
-    assert_eq!(answer, ["ERR refused: unknown_ca"], "the partner's alert is named");
+    assert_eq!(
+        answer,
+        ["ERR refused: unknown_ca"],
+        "the partner's alert is named"
+    );
 }
 
 #[test]

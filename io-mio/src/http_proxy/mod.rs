@@ -13,6 +13,11 @@
 //! [`Handler`] here only moves bytes between them and the [`Reply`].
 //!
 //! What it does per request is documented on [`HttpProxy`].
+//!
+//! The same handler serves the egress forward proxy ([`crate::ForwardProxy`]): its `Route`
+//! is then `Forward` (each request to the destination its absolute-form target names, over
+//! TLS) instead of `Reverse` (one plain upstream), and `request` rewrites heads in its
+//! forward mode.
 
 mod body;
 mod request;
@@ -497,7 +502,14 @@ impl Handler for ProxyHandler {
         match &mut ex.resp {
             Resp::Head(buf) => {
                 let nothing = buf.is_empty();
-                let stale = matches!(end, UpstreamEnd::Eof | UpstreamEnd::Failed(_));
+                // A TLS failure is a stale connection only on one the pool lent (its
+                // handshake was long done); on a new one it is the partner's answer.
+                let lent = ex.reused.or(reply.upstream_reused()) == Some(true);
+                let stale = match end {
+                    UpstreamEnd::ConnectFailed(_) => false,
+                    UpstreamEnd::Tls(_) => lent,
+                    UpstreamEnd::Eof | UpstreamEnd::Failed(_) => true,
+                };
                 // Whether the connection came from the pool is known from the call after the
                 // one that opened it; when it ended before any, an idempotent request is
                 // retried (RFC 9110 9.2.2), another only when the pool is known to have lent it.
