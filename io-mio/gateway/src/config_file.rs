@@ -53,7 +53,7 @@ pub struct Source {
 
 impl Source {
     /// `FILE:LINE:COL` of byte offset `at` (both 1-based).
-    fn position(&self, at: usize) -> String {
+    pub fn position(&self, at: usize) -> String {
         let before = self.text.get(..at).unwrap_or(&self.text);
         let line = before.matches('\n').count() + 1;
         let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -73,7 +73,7 @@ impl Source {
 /// in a configuration file.
 #[derive(Clone, Debug)]
 pub enum Labels {
-    /// The server flags.
+    /// The command-line flags (`cert` is `--cert`).
     Flags,
     /// A site of a configuration file: where each key is, and where the site starts.
     File {
@@ -81,7 +81,8 @@ pub enum Labels {
         source: Arc<Source>,
         /// Key name to its span.
         keys: HashMap<&'static str, Range<usize>>,
-        /// The site's `[[listener.site]]` table.
+        /// The site's `[[listener.site]]` table (a client file: the `[[partner]]` table, or
+        /// the file's start for its top-level keys).
         site: Range<usize>,
     },
 }
@@ -245,8 +246,49 @@ struct SiteToml {
     upstream_timeout: Option<Spanned<f64>>,
 }
 
+/// Read the configuration file `path` and deserialize it: a missing file names `--config`, a
+/// bad key or value `FILE:LINE:COL: key`.
+pub fn parse<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(T, Arc<Source>), ConfigFail> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigFail(format!("--config {}: {e}", path.display())))?;
+    let source = Arc::new(Source {
+        path: path.to_path_buf(),
+        text,
+    });
+    let file: T = toml::from_str(&source.text).map_err(|e| {
+        let at = e.span().map_or(0, |s| s.start);
+        // A bad value: name its key (an unknown key is named by the message).
+        let key = source
+            .key_before(at)
+            .map(|k| format!(" {k}:"))
+            .unwrap_or_default();
+        ConfigFail(format!(
+            "{}:{key} {}",
+            source.position(at),
+            e.message().trim_end()
+        ))
+    })?;
+    Ok((file, source))
+}
+
+/// What kind of configuration file `path` is: a client file (egress: a top-level `listen`,
+/// `[[partner]]` or `allow_destination`) or a server file (anything else, `[[listener]]`).
+/// A file that is not TOML is reported by the parser of the kind it is taken for (server).
+pub fn is_client_file(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return false;
+    };
+    !table.contains_key("listener")
+        && ["listen", "partner", "allow_destination"]
+            .iter()
+            .any(|k| table.contains_key(*k))
+}
+
 /// Take an optional spanned value, noting its span under `name`.
-fn take<T>(
+pub fn take<T>(
     keys: &mut HashMap<&'static str, Range<usize>>,
     name: &'static str,
     v: Option<Spanned<T>>,
@@ -261,27 +303,9 @@ impl Plan {
     /// Read and check the configuration file `path`. Relative paths in it are relative to
     /// the file's directory.
     pub fn from_file(path: &Path) -> Result<Plan, ConfigFail> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigFail(format!("--config {}: {e}", path.display())))?;
-        let source = Arc::new(Source {
-            path: path.to_path_buf(),
-            text,
-        });
+        let (file, source): (FileToml, _) = parse(path)?;
         let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
         let rel = |p: PathBuf| if p.is_absolute() { p } else { dir.join(p) };
-        let file: FileToml = toml::from_str(&source.text).map_err(|e| {
-            let at = e.span().map_or(0, |s| s.start);
-            // A bad value: name its key (an unknown key is named by the message).
-            let key = source
-                .key_before(at)
-                .map(|k| format!(" {k}:"))
-                .unwrap_or_default();
-            ConfigFail(format!(
-                "{}:{key} {}",
-                source.position(at),
-                e.message().trim_end()
-            ))
-        })?;
         let at = |span: Range<usize>, key: &str| format!("{}: {key}", source.position(span.start));
         let metrics = match file.metrics {
             Some(m) => Some(m.get_ref().parse::<SocketAddr>().map_err(|e| {

@@ -2,14 +2,15 @@
 //! from (certificate and CRL dates), reloads, build and process, encoded with
 //! `prometheus-client` in the Prometheus text format (0.0.4) or OpenMetrics.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use log::debug;
 use onerecord_tls::{CertInfo, Failure, Time, pki};
-use onerecord_tls_mio::Metrics;
 use onerecord_tls_mio::metrics::HANDSHAKE_BUCKETS;
+use onerecord_tls_mio::{DestinationStats, ForwardProxy, Metrics};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -83,6 +84,80 @@ impl Files {
     }
 }
 
+/// The egress proxy's per-destination counters for the metrics endpoint: the running
+/// proxy's, plus those of the proxies that reloads replaced (so that counters never go back),
+/// and the idle pools of the server it runs in.
+#[derive(Debug, Default)]
+pub struct Egress {
+    state: Mutex<EgressState>,
+}
+
+#[derive(Debug, Default)]
+struct EgressState {
+    proxy: Option<ForwardProxy>,
+    /// What the replaced proxies had counted when they were replaced.
+    retired: BTreeMap<String, DestinationStats>,
+    /// The server whose upstream pools the proxy uses (`None`: the one of [`Status`]).
+    metrics: Option<Metrics>,
+}
+
+/// Add `b` into `a`.
+fn add_stats(a: &mut DestinationStats, b: &DestinationStats) {
+    a.requests += b.requests;
+    a.connections += b.connections;
+    a.handshakes_full += b.handshakes_full;
+    a.handshakes_resumed += b.handshakes_resumed;
+    for (reason, n) in &b.failures {
+        *a.failures.entry(reason).or_default() += n;
+    }
+}
+
+impl Egress {
+    /// Count `proxy` from now on (at start, and after a reload: the replaced proxy's
+    /// counters so far are kept).
+    pub fn set(&self, proxy: ForwardProxy) {
+        if let Ok(mut s) = self.state.lock() {
+            if let Some(old) = s.proxy.replace(proxy) {
+                for (dest, st) in old.stats() {
+                    add_stats(s.retired.entry(dest).or_default(), &st);
+                }
+            }
+        }
+    }
+
+    /// Read the idle pools from `metrics` (the server the proxy runs in) rather than from
+    /// the listeners' server.
+    pub fn pools_of(&self, metrics: Metrics) {
+        if let Ok(mut s) = self.state.lock() {
+            s.metrics = Some(metrics);
+        }
+    }
+
+    /// The counters now, by destination, and the idle pools (`None`: those of the
+    /// listeners' server).
+    fn read(
+        &self,
+    ) -> (
+        BTreeMap<String, DestinationStats>,
+        Option<BTreeMap<String, u64>>,
+    ) {
+        let Ok(s) = self.state.lock() else {
+            return (BTreeMap::new(), None);
+        };
+        let mut all = s.retired.clone();
+        if let Some(p) = &s.proxy {
+            for (dest, st) in p.stats() {
+                add_stats(all.entry(dest).or_default(), &st);
+            }
+        }
+        let idle = s
+            .metrics
+            .as_ref()
+            .map(|m| m.snapshot().counters.upstream_idle);
+        (all, idle)
+    }
+}
+
 /// What started a reload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
@@ -107,6 +182,7 @@ struct Reloads {
 pub struct Status {
     metrics: Metrics,
     watched: Watched,
+    egress: Option<Arc<Egress>>,
     ready: AtomicBool,
     started: f64,
     reloads: Mutex<Reloads>,
@@ -119,11 +195,13 @@ fn unix_now() -> f64 {
 }
 
 impl Status {
-    /// The status of a gateway whose policy was built from `watched` (read now).
-    pub fn new(metrics: Metrics, watched: Watched) -> Arc<Self> {
+    /// The status of a gateway whose policy was built from `watched` (read now); `egress`:
+    /// the egress proxy's per-destination counters.
+    pub fn new(metrics: Metrics, watched: Watched, egress: Option<Arc<Egress>>) -> Arc<Self> {
         let s = Arc::new(Self {
             metrics,
             watched,
+            egress,
             ready: AtomicBool::new(false),
             started: unix_now(),
             reloads: Mutex::new(Reloads::default()),
@@ -363,6 +441,11 @@ impl Collector for Status {
             }),
         )?;
 
+        if let Some(egress) = &self.egress {
+            let (stats, idle) = egress.read();
+            destinations(&mut enc, &stats, idle.as_ref().unwrap_or(&c.upstream_idle))?;
+        }
+
         let (files, last_success, last_ok, failures) = match self.reloads.lock() {
             Ok(r) => (r.files.clone(), r.last_success, r.last_ok, r.failures),
             Err(_) => (Files::default(), 0.0, false, [0; 2]),
@@ -455,6 +538,79 @@ impl Collector for Status {
     }
 }
 
+/// The egress proxy's families, one sample (set) per destination; `idle`: the adapter's idle
+/// pooled upstream connections by destination (`server_name:port` for TLS upstreams, the
+/// proxy's destination label).
+fn destinations(
+    enc: &mut DescriptorEncoder,
+    d: &BTreeMap<String, DestinationStats>,
+    idle: &BTreeMap<String, u64>,
+) -> std::fmt::Result {
+    let d: Vec<(&String, &DestinationStats)> = d.iter().collect();
+    let dest = |k: &String| l("destination", k.clone());
+    family(
+        enc,
+        "onerecord_egress_requests",
+        "Egress: requests the application sent, by destination (host:port).",
+        d.iter()
+            .map(|(k, s)| (vec![dest(k)], ConstCounter::new(s.requests))),
+    )?;
+    family(
+        enc,
+        "onerecord_egress_connections",
+        "Egress: TLS connections opened to each destination (a request on a pooled \
+         connection opens none).",
+        d.iter()
+            .map(|(k, s)| (vec![dest(k)], ConstCounter::new(s.connections))),
+    )?;
+    family(
+        enc,
+        "onerecord_egress_handshakes",
+        "Egress: completed handshakes with each destination, full or resumed.",
+        d.iter().flat_map(|(k, s)| {
+            [
+                (
+                    vec![dest(k), l("kind", "full")],
+                    ConstCounter::new(s.handshakes_full),
+                ),
+                (
+                    vec![dest(k), l("kind", "resumed")],
+                    ConstCounter::new(s.handshakes_resumed),
+                ),
+            ]
+        }),
+    )?;
+    family(
+        enc,
+        "onerecord_egress_failures",
+        "Egress: failed requests by destination and reason (the application got 502 or 504).",
+        d.iter().flat_map(|(k, s)| {
+            s.failures.iter().map(|(reason, n)| {
+                (
+                    vec![dest(k), l("reason", reason.to_string())],
+                    ConstCounter::new(*n),
+                )
+            })
+        }),
+    )?;
+    // Every destination with counters (0 when nothing is pooled for it) and every pool.
+    let mut pools: BTreeMap<&str, u64> = d.iter().map(|(k, _)| (k.as_str(), 0)).collect();
+    for (k, n) in idle {
+        pools.insert(k.as_str(), *n);
+    }
+    family(
+        enc,
+        "onerecord_egress_pool_idle_connections",
+        "Egress: idle kept-alive TLS connections pooled for each destination now.",
+        pools.into_iter().map(|(k, n)| {
+            (
+                vec![l("destination", k.to_string())],
+                ConstGauge::new(n as i64),
+            )
+        }),
+    )
+}
+
 /// `process_*` from `/proc/self` (Linux): CPU, memory, descriptors.
 #[cfg(target_os = "linux")]
 fn process(enc: &mut DescriptorEncoder) -> std::fmt::Result {
@@ -537,5 +693,72 @@ pub fn watched(own: Option<&Path>, ca: Option<&Path>, crl: &[PathBuf]) -> Watche
         own: own.map(Path::to_path_buf).into_iter().collect(),
         ca: ca.map(Path::to_path_buf).into_iter().collect(),
         crl: crl.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(requests: u64, connections: u64) -> DestinationStats {
+        DestinationStats {
+            requests,
+            connections,
+            handshakes_full: 1,
+            handshakes_resumed: connections - 1,
+            failures: [("refused", 2)].into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn egress_counters_are_exported_per_destination() {
+        let egress = Arc::new(Egress::default());
+        let status = Status::new(Metrics::default(), Watched::default(), Some(egress.clone()));
+        let (before, _) = status.render(false);
+        assert!(!before.contains("onerecord_egress_"), "{before}");
+        if let Ok(mut s) = egress.state.lock() {
+            s.retired = [
+                ("b.example:443".to_string(), stats(7, 3)),
+                ("a.example:8443".to_string(), stats(40, 2)),
+            ]
+            .into_iter()
+            .collect();
+        }
+        let (text, _) = status.render(false);
+        for line in [
+            "onerecord_egress_requests_total{destination=\"a.example:8443\"} 40",
+            "onerecord_egress_requests_total{destination=\"b.example:443\"} 7",
+            "onerecord_egress_connections_total{destination=\"a.example:8443\"} 2",
+            "onerecord_egress_handshakes_total{destination=\"b.example:443\",kind=\"resumed\"} 2",
+            "onerecord_egress_handshakes_total{destination=\"b.example:443\",kind=\"full\"} 1",
+            "onerecord_egress_failures_total{destination=\"a.example:8443\",reason=\"refused\"} 2",
+            // No pool in this process: a destination with counters shows 0 idle.
+            "onerecord_egress_pool_idle_connections{destination=\"b.example:443\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        // Sorted by destination: a.example before b.example.
+        let a = text.find("destination=\"a.example:8443\"");
+        let b = text.find("destination=\"b.example:443\"");
+        assert!(a < b, "{text}");
+    }
+
+    #[test]
+    fn a_replaced_proxy_keeps_its_counts_under_the_new_one() {
+        let mut sum = stats(5, 2);
+        add_stats(&mut sum, &stats(3, 1));
+        assert_eq!(sum.requests, 8);
+        assert_eq!(sum.connections, 3);
+        assert_eq!(sum.handshakes_full, 2);
+        assert_eq!(sum.handshakes_resumed, 1);
+        assert_eq!(sum.failures.get("refused"), Some(&4));
+    }
+
+    #[test]
+    fn a_gateway_without_egress_exports_no_egress_families() {
+        let status = Status::new(Metrics::default(), Watched::default(), None);
+        let (text, _) = status.render(true);
+        assert!(!text.contains("onerecord_egress_"), "{text}");
+        assert!(text.contains("onerecord_connections_active"), "{text}");
     }
 }

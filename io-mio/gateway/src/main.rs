@@ -11,7 +11,9 @@
 
 mod config_file;
 mod dev;
+mod egress;
 mod exposition;
+mod local_side;
 mod logging;
 mod metrics_http;
 
@@ -23,14 +25,15 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use config_file::{ClientAuthMode, Labels, ListenerPlan, Plan, Site};
+use egress::EgressPlan;
 use log::{error, info, warn};
 use onerecord_tls::{
     ClientAuth, ClientPolicy, IdentityRule, Revocation, ServerPolicies, ServerPolicy, Sha256, Time,
     TrustStore, UnknownStatus, Versions, Warning, pki,
 };
 use onerecord_tls_mio::{
-    Backend, HttpProxy, HttpProxyConfig, IdentityResponder, Limits, Listener, Mode, ServerConfig,
-    SniBackends,
+    Backend, ForwardProxy, ForwardProxyConfig, HttpProxy, HttpProxyConfig, IdentityResponder,
+    Limits, Listener, Mode, Partner, ServerConfig, SniBackends,
 };
 
 /// The configuration file's keys (README.md, "The configuration file", says more).
@@ -70,6 +73,46 @@ Configuration file (server --config FILE, check --config FILE; or ONERECORD_GATE
     };
 }
 
+/// The client (egress) configuration file's keys and the egress proxy's behaviour.
+macro_rules! client_config_help {
+    () => {
+        "\
+Egress (client without --connect): an HTTP/1.1 forward proxy for the local application
+  (curl -x http://ADDR, Java -Dhttp.proxyHost/-Dhttp.proxyPort). Requests in absolute form,
+  http:// or https:// (default port 443 for both), each sent over TLS (mTLS with a client
+  certificate; never plaintext) to that host and port, verified for that name, in origin form
+  with the partner's Host; kept-alive connections pooled per partner and reused. CONNECT gets
+  405 (a tunnel would bypass the company's certificate and policy); a destination outside
+  --allow-destination gets 403; Proxy-* headers are not forwarded. A partner that refuses us
+  or fails verification: 502 naming it and the reason, and a WARN (onerecord::partner); DNS
+  failure or a refused connection: 502; connect or TLS timeout, response timeout: 504.
+
+Client configuration file (client --config FILE; or ONERECORD_GATEWAY_CLIENT_CONFIG;
+check --config takes it too: a file with a top-level listen, allow_destination or
+[[partner]] and no [[listener]] is a client file):
+  TOML, relative paths relative to its directory, errors as FILE:LINE:COL: key ...
+  listen = \"IP:PORT\"       the local address                               [required]
+  The common keys (workers, metrics, handshake_timeout, idle_timeout, drain_timeout,
+    reload_interval, max_connections, tls13_only, reuse_port), alpn = [..],
+    allow_destination = [\"HOST[:PORT]\", \"*.PARENT[:PORT]\"], resolve = [\"HOST:PORT:ADDR\"],
+    connect_timeout = SECS [10], upstream_timeout = SECS [60].
+  Defaults for every destination: ca, cert, key, crl = [..], crl_grace, verify_uri,
+    verify_cn, verify_dns, verify_spki. Without a top-level ca, only partners are reached
+    (other destinations get 403).
+  [[partner]]  hosts = [\"partner.example\", \"*.acme.example:8443\"]  [required]
+    cert, key    the client certificate presented to these hosts [default: the top-level]
+    ca, crl, crl_grace   [default: the top-level ones; crl only with the top-level ca]
+    verify_uri, verify_cn, verify_dns, verify_spki   identity the partner must show (any
+                 one set replaces the top-level rules)
+    address      \"IP:PORT\": connect there instead of resolving the host
+  Contradictions (exit 2): cert without key (or key without cert), crl_grace without crl, a
+  host claimed by two partners, a partner host that allow_destination does not cover, a
+  partner without hosts or without any ca, --config with other client flags.
+  SIGHUP and reload_interval re-read the file; a partner whose files and settings did not
+  change keeps its pooled connections and sessions; listen does not change on reload."
+    };
+}
+
 /// Signals, logging, exit codes, the PROXY header.
 macro_rules! after_help {
     () => {
@@ -106,8 +149,11 @@ PROXY protocol v2 (server --upstream ADDR --proxy-protocol):
 /// What `--help` says after the options: signals, logging, exit codes, the PROXY header.
 const AFTER_HELP: &str = after_help!();
 
-/// What `check --help` says after the options: the configuration file's keys.
-const CONFIG_HELP: &str = config_help!();
+/// What `check --help` says after the options: the configuration files' keys.
+const CONFIG_HELP: &str = concat!(config_help!(), "\n\n", client_config_help!());
+
+/// What `client --help` says after the options: the egress proxy, its file, and the rest.
+const CLIENT_HELP: &str = concat!(client_config_help!(), "\n\n", after_help!());
 
 /// What `server --help` says after the options: both.
 const SERVER_HELP: &str = concat!(after_help!(), "\n\n", config_help!());
@@ -137,8 +183,10 @@ enum Command {
     /// Terminate TLS/mTLS and forward to an upstream, or answer with the peer's identity.
     #[command(after_help = SERVER_HELP)]
     Server(ServerArgs),
-    /// Accept plain TCP locally and forward it over TLS/mTLS to a ONE Record server.
-    #[command(after_help = AFTER_HELP)]
+    /// Egress: an HTTP/1.1 forward proxy that sends the local application's requests over
+    /// TLS/mTLS to its partners' ONE Record servers (or, with --connect, forward plain TCP to
+    /// one server).
+    #[command(after_help = CLIENT_HELP)]
     Client(ClientArgs),
     /// Generate a development PKI and run the server with mTLS on 127.0.0.1:8443.
     #[command(after_help = AFTER_HELP)]
@@ -179,6 +227,12 @@ struct Common {
     /// onerecord_plaintext_http_total, onerecord_idle_timeouts_total,
     /// onerecord_upstream_errors_total, onerecord_upstream_connections_total{kind},
     /// onerecord_accept_errors_total,
+    /// client egress proxy, per destination (host:port): onerecord_egress_requests_total,
+    /// onerecord_egress_connections_total (TLS connections opened),
+    /// onerecord_egress_handshakes_total{kind} (full, resumed),
+    /// onerecord_egress_failures_total{reason} (denied, dns, connect, connect_timeout, refused,
+    /// verification, handshake_timeout, tls, closed, bad_response, response_timeout),
+    /// onerecord_egress_pool_idle_connections;
     /// onerecord_certificate_expiry_seconds{listener},
     /// onerecord_certificate_not_after_timestamp_seconds{file,role,subject},
     /// onerecord_crl_next_update_timestamp_seconds{file,issuer},
@@ -307,18 +361,28 @@ struct ServerArgs {
 
 #[derive(Args, Debug, Clone)]
 struct ClientArgs {
-    /// Local plain-TCP address to listen on.
+    /// Read everything from this TOML client file instead of the flags below (the egress
+    /// proxy with [[partner]] entries: a client certificate, CA bundle, CRLs and identity
+    /// rules per partner; see README.md, "Egress"). Relative paths in it are relative to its
+    /// directory. Not combinable with the other client flags (exit 2); SIGHUP and
+    /// `reload_interval` re-read it.
+    #[arg(long, value_name = "FILE", env = "ONERECORD_GATEWAY_CLIENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Local plain-TCP address to listen on. Required without --config.
     #[arg(long, value_name = "ADDR")]
-    listen: SocketAddr,
-    /// The ONE Record server (HOST:PORT).
+    listen: Option<SocketAddr>,
+    /// The one ONE Record server (HOST:PORT) every local connection is forwarded to, as a
+    /// byte stream. Without it the gateway is the egress proxy: an HTTP/1.1 forward proxy
+    /// that sends each request over TLS to the partner its absolute URL names.
     #[arg(long, value_name = "HOST:PORT")]
-    connect: String,
-    /// Name to send as SNI and verify (default: HOST of --connect).
-    #[arg(long, value_name = "NAME")]
+    connect: Option<String>,
+    /// Name to send as SNI and verify (default: HOST of --connect). Only with --connect.
+    #[arg(long, value_name = "NAME", requires = "connect")]
     server_name: Option<String>,
-    /// CA bundle that the partner's server certificate must chain to.
+    /// CA bundle that the partner's server certificate must chain to. Required without
+    /// --config.
     #[arg(long, value_name = "FILE")]
-    ca: PathBuf,
+    ca: Option<PathBuf>,
     /// Client certificate chain (mTLS).
     #[arg(long, value_name = "FILE", requires = "key")]
     cert: Option<PathBuf>,
@@ -351,6 +415,24 @@ struct ClientArgs {
     /// Accept the partner only with this key: SPKI SHA-256 in hex (repeatable).
     #[arg(long, value_name = "HEX")]
     verify_spki: Vec<String>,
+    /// Egress: let the application reach only this destination (repeatable): HOST (any
+    /// port), HOST:PORT, or *.PARENT[:PORT] for every name under PARENT (a.PARENT,
+    /// b.a.PARENT; not PARENT itself). Other destinations get 403. Without any, every host
+    /// whose certificate chains to --ca may be reached (logged as a warning).
+    #[arg(long, value_name = "HOST[:PORT]", conflicts_with = "connect")]
+    allow_destination: Vec<String>,
+    /// Egress: connect to ADDR for requests to HOST on PORT instead of resolving HOST
+    /// (repeatable; as curl's --resolve). The partner is still verified for HOST.
+    #[arg(long, value_name = "HOST:PORT:ADDR", conflicts_with = "connect")]
+    resolve: Vec<String>,
+    /// Egress: seconds for a partner's TCP connection and TLS handshake before the
+    /// application gets 504 [default: 10].
+    #[arg(long, value_name = "SECS", conflicts_with = "connect")]
+    connect_timeout: Option<f64>,
+    /// Egress: seconds to wait for a partner's response head and for each read of its body
+    /// before the application gets 504 [default: 60].
+    #[arg(long, value_name = "SECS", conflicts_with = "connect")]
+    upstream_timeout: Option<f64>,
     #[command(flatten)]
     common: Common,
 }
@@ -936,6 +1018,9 @@ fn plan_watched(plan: &Plan) -> exposition::Watched {
 /// `check --config FILE`: parse, load every file, build every policy and backend plan,
 /// without binding; one line per site on stdout.
 fn check(path: &Path) -> Result<(), ConfigFail> {
+    if config_file::is_client_file(path) {
+        return check_client(path);
+    }
     let plan = Plan::from_file(path)?;
     secs(plan.common.idle_timeout, "idle_timeout")?;
     let mut lines = Vec::new();
@@ -975,17 +1060,149 @@ fn check(path: &Path) -> Result<(), ConfigFail> {
     Ok(())
 }
 
-fn client_mode(a: &ClientArgs) -> Result<Mode, ConfigFail> {
+/// `client`: the egress proxy (from `--config` or the flags), or with `--connect` the
+/// one-partner byte forwarder.
+fn client(a: &ClientArgs) -> Result<(), ConfigFail> {
+    if let Some(path) = &a.config {
+        return EgressPlan::from_file(path).and_then(serve_egress);
+    }
+    let Some(target) = &a.connect else {
+        return EgressPlan::from_flags(a).and_then(serve_egress);
+    };
+    let Some(listen) = a.listen else {
+        return Err(ConfigFail(
+            "--listen is required (or --config FILE)".to_string(),
+        ));
+    };
+    warn_crl_grace(a.crl_grace, "partners");
+    let mode = client_mode(a, target)?;
+    let listeners = vec![Listener { addr: listen, mode }];
+    let args = a.clone();
+    let target = target.clone();
+    let watched = exposition::watched(a.cert.as_deref(), a.ca.as_deref(), &a.crl);
+    run(listeners, &a.common, watched, None, move |_| {
+        client_mode(&args, &target).map(Reloaded::All)
+    })
+}
+
+/// The egress proxy `plan` describes, with the policies `built` from it.
+fn forward_proxy(plan: &EgressPlan, built: &egress::Built) -> Result<ForwardProxy, ConfigFail> {
+    let mut c = ForwardProxyConfig::new(built.default.as_ref().map(|d| d.policy.clone()));
+    c.partners = plan
+        .partners
+        .iter()
+        .zip(&built.partners)
+        .map(|(p, b)| {
+            let mut partner =
+                Partner::new(p.hosts.iter().map(ToString::to_string), b.policy.clone());
+            partner.connect = p.address;
+            partner
+        })
+        .collect();
+    c.allow = plan.allow.iter().map(ToString::to_string).collect();
+    c.resolve = plan
+        .resolve
+        .iter()
+        .map(|r| {
+            (
+                format!("{}:{}", r.host, r.port),
+                SocketAddr::new(r.addr, r.port),
+            )
+        })
+        .collect();
+    c.connect_timeout = plan.connect_timeout;
+    c.upstream_timeout = plan.upstream_timeout;
+    let what = match &plan.file {
+        Some(f) => format!("--config {}", f.display()),
+        None => "client".to_string(),
+    };
+    ForwardProxy::new(c).map_err(|e| ConfigFail(format!("{what}: {e}")))
+}
+
+/// Run the egress proxy `plan` describes; a reload re-reads the file (or the files the flags
+/// name) and keeps every partner's policy whose files and settings did not change.
+fn serve_egress(plan: EgressPlan) -> Result<(), ConfigFail> {
+    egress::log_plan(&plan);
+    let built = egress::build(&plan, None)?;
+    let proxy = forward_proxy(&plan, &built)?;
+    let stats = Arc::new(exposition::Egress::default());
+    stats.set(proxy.clone());
+    let local = Arc::new(local_side::LocalSide::start(
+        proxy,
+        plan.common.workers.unwrap_or(0),
+        limits(&plan.common)?,
+        secs(plan.common.handshake_timeout, "handshake_timeout")?,
+    )?);
+    stats.pools_of(local.metrics());
+    let listeners = vec![Listener {
+        addr: plan.listen,
+        mode: local.public_mode(),
+    }];
+    let watched = egress::watched(&plan);
+    let common = plan.common.clone();
+    let state = Mutex::new((plan, built));
+    let reload_stats = stats.clone();
+    let reload_local = local.clone();
+    let result = run(listeners, &common, watched, Some(stats), move |_| {
+        let mut state = state
+            .lock()
+            .map_err(|_| ConfigFail("reload: an earlier reload panicked".to_string()))?;
+        let (running, previous) = &*state;
+        let fresh = match &running.file {
+            Some(path) => EgressPlan::from_file(path)?,
+            None => running.clone(),
+        };
+        if fresh.listen != running.listen {
+            warn!(
+                "{}: listen {} changed: the address does not change on reload (restart to \
+                 listen there)",
+                fresh.file.as_deref().unwrap_or(Path::new("")).display(),
+                fresh.listen
+            );
+        }
+        let built = egress::build(&fresh, Some(previous))?;
+        let proxy = forward_proxy(&fresh, &built)?;
+        if !reload_local.install(proxy.clone()) {
+            return Err(ConfigFail(
+                "egress: the proxy could not be replaced".to_string(),
+            ));
+        }
+        reload_stats.set(proxy);
+        info!("egress: reloaded ({} partner(s))", fresh.partners.len());
+        *state = (fresh, built);
+        // The public listener keeps forwarding to the same local hop.
+        Ok(Reloaded::Each(vec![None]))
+    });
+    local.stop();
+    result
+}
+
+/// `check --config FILE` for a client (egress) file: parse it, build every policy; one line
+/// per partner on stdout.
+fn check_client(path: &Path) -> Result<(), ConfigFail> {
+    let plan = EgressPlan::from_file(path)?;
+    let built = egress::build(&plan, None)?;
+    for line in egress::describe(&plan, &built) {
+        println!("{line}");
+    }
+    println!("{}: ok", path.display());
+    Ok(())
+}
+
+/// The one-partner byte forwarder (`client --connect HOST:PORT`).
+fn client_mode(a: &ClientArgs, target: &str) -> Result<Mode, ConfigFail> {
     let now = Time::now();
-    let connect = resolve(&a.connect, "--connect")?;
-    let host = a
-        .connect
+    let Some(ca) = &a.ca else {
+        return Err(ConfigFail("--ca is required".to_string()));
+    };
+    let connect = resolve(target, "--connect")?;
+    let host = target
         .rsplit_once(':')
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-        .unwrap_or(&a.connect);
+        .unwrap_or(target);
     let server_name = a.server_name.clone().unwrap_or_else(|| host.to_string());
-    let trust = TrustStore::from_pem_file(&a.ca).map_err(|e| file_err("--ca", e))?;
-    let crls = load_crls(&a.crl, &trust, "--crl", &format!("--ca {}", a.ca.display()))?;
+    let trust = TrustStore::from_pem_file(ca).map_err(|e| file_err("--ca", e))?;
+    let crls = load_crls(&a.crl, &trust, "--crl", &format!("--ca {}", ca.display()))?;
     let mut b = ClientPolicy::builder(trust)
         .versions(versions(&a.common))
         .handshake_timeout(secs(a.common.handshake_timeout, "--handshake-timeout")?);
@@ -1052,11 +1269,12 @@ enum Reloaded {
 
 /// Run until SIGINT/SIGTERM; SIGHUP (and the reload interval) calls `reload` with the running
 /// mode of each listener. `watched` names the files the policies are built from (their dates
-/// are reported as metrics).
+/// are reported as metrics); `egress`, the egress proxy's per-destination counters.
 fn run(
     listeners: Vec<Listener>,
     common: &Common,
     watched: exposition::Watched,
+    egress: Option<Arc<exposition::Egress>>,
     reload: impl Fn(&[Option<Mode>]) -> Result<Reloaded, ConfigFail> + Send + Sync + 'static,
 ) -> Result<(), ConfigFail> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -1085,7 +1303,7 @@ fn run(
     })
     .map_err(|e| ConfigFail(format!("--listen {e}")))?;
     let handle = Arc::new(handle);
-    let status = exposition::Status::new(handle.metrics().clone(), watched);
+    let status = exposition::Status::new(handle.metrics().clone(), watched, egress);
     if let Some(m) = common.metrics {
         metrics_http::serve(m, status.clone())
             .map_err(|e| ConfigFail(format!("--metrics {m}: {e}")))?;
@@ -1189,21 +1407,26 @@ fn run(
     Ok(())
 }
 
-/// `--config` says everything: any other server flag given on the command line with it is a
-/// contradiction (exit 2 naming the flag).
+/// `--config` says everything: any other server (client) flag given on the command line with
+/// it is a contradiction (exit 2 naming the flag).
 fn config_only(matches: &clap::ArgMatches) -> Result<(), ConfigFail> {
     use clap::parser::ValueSource;
-    let Some(("server", sub)) = matches.subcommand() else {
+    let Some((name @ ("server" | "client"), sub)) = matches.subcommand() else {
         return Ok(());
     };
     if sub.value_source("config").is_none() {
         return Ok(());
     }
     let cmd = <Cli as clap::CommandFactory>::command();
-    let Some(server) = cmd.find_subcommand("server") else {
+    let Some(command) = cmd.find_subcommand(name) else {
         return Ok(());
     };
-    for arg in server.get_arguments() {
+    let keys = if name == "server" {
+        "its global keys and [[listener.site]] keys are the server flags"
+    } else {
+        "its top-level keys are the client flags, [[partner]] entries add per-partner policies"
+    };
+    for arg in command.get_arguments() {
         let id = arg.get_id().as_str();
         if id == "config" || id == "log_format" {
             continue;
@@ -1216,7 +1439,7 @@ fn config_only(matches: &clap::ArgMatches) -> Result<(), ConfigFail> {
                 .unwrap_or_default();
             return Err(ConfigFail(format!(
                 "--config {config} cannot be combined with --{flag}: the file says everything \
-                 (its global keys and [[listener.site]] keys are the server flags)"
+                 ({keys})"
             )));
         }
     }
@@ -1258,7 +1481,7 @@ fn serve_with(plan: Plan, modes: Vec<Mode>) -> Result<(), ConfigFail> {
     let common = plan.common.clone();
     // A reload keeps the ticket keys and session cache only while the CA bundle and CRLs are
     // unchanged: the library's reload trust rule (ServerHandle::reload).
-    run(listeners, &common, watched, move |previous| {
+    run(listeners, &common, watched, None, move |previous| {
         let Some(path) = &plan.file else {
             let mode = plan_modes(&plan, previous)?.into_iter().next();
             return mode
@@ -1342,20 +1565,7 @@ fn main() -> ExitCode {
             None => Plan::from_flags(&a).and_then(serve),
         }),
         Command::Check(c) => check(&c.config),
-        Command::Client(a) => {
-            warn_crl_grace(a.crl_grace, "partners");
-            client_mode(&a).and_then(|mode| {
-                let listeners = vec![Listener {
-                    addr: a.listen,
-                    mode,
-                }];
-                let args = a.clone();
-                let watched = exposition::watched(a.cert.as_deref(), Some(&a.ca), &a.crl);
-                run(listeners, &a.common, watched, move |_| {
-                    client_mode(&args).map(Reloaded::All)
-                })
-            })
-        }
+        Command::Client(a) => config_only(&matches).and_then(|()| client(&a)),
         Command::Dev(d) => dev::start(&d),
     };
     match result {

@@ -106,9 +106,28 @@ impl Gateway {
     /// accepts connections; the port the kernel chose is read from its log, so parallel tests
     /// never race for a port.
     pub fn start(mode: &str, args: &[&str]) -> Self {
+        let mut all = vec![mode, "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Self::start_args(&all)
+    }
+
+    /// Start `onerecord-gateway <args>` (which must make it listen, e.g. with a `--config`
+    /// file saying `listen = "127.0.0.1:0"`) and wait until it accepts connections.
+    pub fn start_args(args: &[&str]) -> Self {
+        let mut g = Self::spawn(args);
+        g.wait_for_log("listening on ", Duration::from_secs(20));
+        let log = g.log();
+        let line = log.lines().find(|l| l.contains("listening on ")).unwrap();
+        let addr = line.rsplit("listening on ").next().unwrap().trim();
+        g.addr = addr
+            .parse()
+            .unwrap_or_else(|_| panic!("listen address in {line:?}"));
+        g
+    }
+
+    /// Run `onerecord-gateway <args>` without waiting for anything (`addr` is unset).
+    pub fn spawn(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_onerecord-gateway"))
-            .arg(mode)
-            .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -126,19 +145,11 @@ impl Gateway {
                 l.push('\n');
             }
         });
-        let mut g = Self {
+        Self {
             child,
             addr: "127.0.0.1:0".parse().unwrap(),
             log,
-        };
-        g.wait_for_log("listening on ", Duration::from_secs(20));
-        let log = g.log();
-        let line = log.lines().find(|l| l.contains("listening on ")).unwrap();
-        let addr = line.rsplit("listening on ").next().unwrap().trim();
-        g.addr = addr
-            .parse()
-            .unwrap_or_else(|_| panic!("listen address in {line:?}"));
-        g
+        }
     }
 
     /// What the gateway logged so far.
