@@ -85,8 +85,7 @@ impl Files {
 }
 
 /// The egress proxy's per-destination counters for the metrics endpoint: the running
-/// proxy's, plus those of the proxies that reloads replaced (so that counters never go back),
-/// and the idle pools of the server it runs in.
+/// proxy's, plus those of the proxies that reloads replaced (so that counters never go back).
 #[derive(Debug, Default)]
 pub struct Egress {
     state: Mutex<EgressState>,
@@ -97,8 +96,6 @@ struct EgressState {
     proxy: Option<ForwardProxy>,
     /// What the replaced proxies had counted when they were replaced.
     retired: BTreeMap<String, DestinationStats>,
-    /// The server whose upstream pools the proxy uses (`None`: the one of [`Status`]).
-    metrics: Option<Metrics>,
 }
 
 /// Add `b` into `a`.
@@ -125,24 +122,10 @@ impl Egress {
         }
     }
 
-    /// Read the idle pools from `metrics` (the server the proxy runs in) rather than from
-    /// the listeners' server.
-    pub fn pools_of(&self, metrics: Metrics) {
-        if let Ok(mut s) = self.state.lock() {
-            s.metrics = Some(metrics);
-        }
-    }
-
-    /// The counters now, by destination, and the idle pools (`None`: those of the
-    /// listeners' server).
-    fn read(
-        &self,
-    ) -> (
-        BTreeMap<String, DestinationStats>,
-        Option<BTreeMap<String, u64>>,
-    ) {
+    /// The counters now, by destination.
+    fn read(&self) -> BTreeMap<String, DestinationStats> {
         let Ok(s) = self.state.lock() else {
-            return (BTreeMap::new(), None);
+            return BTreeMap::new();
         };
         let mut all = s.retired.clone();
         if let Some(p) = &s.proxy {
@@ -150,11 +133,7 @@ impl Egress {
                 add_stats(all.entry(dest).or_default(), &st);
             }
         }
-        let idle = s
-            .metrics
-            .as_ref()
-            .map(|m| m.snapshot().counters.upstream_idle);
-        (all, idle)
+        all
     }
 }
 
@@ -442,8 +421,8 @@ impl Collector for Status {
         )?;
 
         if let Some(egress) = &self.egress {
-            let (stats, idle) = egress.read();
-            destinations(&mut enc, &stats, idle.as_ref().unwrap_or(&c.upstream_idle))?;
+            // The idle pools are the listeners' server's: the proxy runs in it.
+            destinations(&mut enc, &egress.read(), &c.upstream_idle)?;
         }
 
         let (files, last_success, last_ok, failures) = match self.reloads.lock() {

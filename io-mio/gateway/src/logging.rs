@@ -29,52 +29,7 @@ pub fn init(json: bool) {
                 .map_err(std::io::Error::other)
         });
     }
-    let logger = b.build();
-    log::set_max_level(logger.filter());
-    let _ = log::set_boxed_logger(Box::new(HideHop(logger)));
-}
-
-/// The logger, without the access lines of the egress proxy's in-process local hop
-/// ([`crate::local_side`]): its connections are the gateway talking to itself, named
-/// [`crate::local_side::HOP_NAME`] (SNI and CN), and would double every local connection.
-struct HideHop(env_logger::Logger);
-
-impl HideHop {
-    fn is_hop(record: &log::Record<'_>) -> bool {
-        struct Find(bool);
-        impl<'kvs> VisitSource<'kvs> for Find {
-            fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), Error> {
-                if matches!(key.as_str(), "sni" | "cn")
-                    && value.to_string() == crate::local_side::HOP_NAME
-                {
-                    self.0 = true;
-                }
-                Ok(())
-            }
-        }
-        if record.target() != "onerecord::access" {
-            return false;
-        }
-        let mut f = Find(false);
-        let _ = record.key_values().visit(&mut f);
-        f.0
-    }
-}
-
-impl log::Log for HideHop {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        self.0.enabled(metadata)
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if !Self::is_hop(record) {
-            self.0.log(record);
-        }
-    }
-
-    fn flush(&self) {
-        self.0.flush();
-    }
+    b.init();
 }
 
 /// The fields as `key=value`, the value quoted (Rust string escapes) when it is empty or

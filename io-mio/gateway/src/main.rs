@@ -13,7 +13,6 @@ mod config_file;
 mod dev;
 mod egress;
 mod exposition;
-mod local_side;
 mod logging;
 mod metrics_http;
 
@@ -1127,23 +1126,18 @@ fn serve_egress(plan: EgressPlan) -> Result<(), ConfigFail> {
     let proxy = forward_proxy(&plan, &built)?;
     let stats = Arc::new(exposition::Egress::default());
     stats.set(proxy.clone());
-    let local = Arc::new(local_side::LocalSide::start(
-        proxy,
-        plan.common.workers.unwrap_or(0),
-        limits(&plan.common)?,
-        secs(plan.common.handshake_timeout, "handshake_timeout")?,
-    )?);
-    stats.pools_of(local.metrics());
+    // Plain TCP from the local applications: what their proxy settings speak.
     let listeners = vec![Listener {
         addr: plan.listen,
-        mode: local.public_mode(),
+        mode: Mode::Plain {
+            service: Arc::new(proxy),
+        },
     }];
     let watched = egress::watched(&plan);
     let common = plan.common.clone();
     let state = Mutex::new((plan, built));
     let reload_stats = stats.clone();
-    let reload_local = local.clone();
-    let result = run(listeners, &common, watched, Some(stats), move |_| {
+    run(listeners, &common, watched, Some(stats), move |_| {
         let mut state = state
             .lock()
             .map_err(|_| ConfigFail("reload: an earlier reload panicked".to_string()))?;
@@ -1162,19 +1156,14 @@ fn serve_egress(plan: EgressPlan) -> Result<(), ConfigFail> {
         }
         let built = egress::build(&fresh, Some(previous))?;
         let proxy = forward_proxy(&fresh, &built)?;
-        if !reload_local.install(proxy.clone()) {
-            return Err(ConfigFail(
-                "egress: the proxy could not be replaced".to_string(),
-            ));
-        }
-        reload_stats.set(proxy);
+        reload_stats.set(proxy.clone());
         info!("egress: reloaded ({} partner(s))", fresh.partners.len());
         *state = (fresh, built);
-        // The public listener keeps forwarding to the same local hop.
-        Ok(Reloaded::Each(vec![None]))
-    });
-    local.stop();
-    result
+        // New local connections get the new proxy; open ones finish with the old.
+        Ok(Reloaded::Each(vec![Some(Mode::Plain {
+            service: Arc::new(proxy),
+        })]))
+    })
 }
 
 /// `check --config FILE` for a client (egress) file: parse it, build every policy; one line
