@@ -805,6 +805,17 @@ pub fn build(plan: &EgressPlan, previous: Option<&Built>) -> Result<Built, Confi
 }
 
 /// Say at start what the proxy allows and presents; WARN when any destination is allowed.
+/// The warning for a local listener that is not on a loopback address.
+fn exposure_warning(listen: SocketAddr) -> Option<String> {
+    (!listen.ip().is_loopback()).then(|| {
+        format!(
+            "egress: listening on {listen}, not a loopback address: the local side is plain \
+             HTTP, and whoever reaches it sends requests under the company's certificate; keep \
+             it on 127.0.0.1 or behind a firewall"
+        )
+    })
+}
+
 pub fn log_plan(plan: &EgressPlan) {
     let cert = |i: &PolicyInputs| {
         i.cert
@@ -813,6 +824,9 @@ pub fn log_plan(plan: &EgressPlan) {
                 format!("client certificate {}", c.display())
             })
     };
+    if let Some(w) = exposure_warning(plan.listen) {
+        warn!("{w}");
+    }
     if plan.allow.is_empty() {
         warn!(
             "egress: no allow_destination (--allow-destination): the application may reach any \
@@ -976,6 +990,18 @@ pub fn describe(plan: &EgressPlan, built: &Built) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_listener_off_loopback_is_warned_about() {
+        assert!(exposure_warning("127.0.0.1:3128".parse().unwrap()).is_none());
+        assert!(exposure_warning("[::1]:3128".parse().unwrap()).is_none());
+        let w = exposure_warning("0.0.0.0:3128".parse().unwrap()).unwrap();
+        assert!(
+            w.contains("0.0.0.0:3128") && w.contains("not a loopback"),
+            "{w}"
+        );
+        assert!(exposure_warning("10.0.0.5:3128".parse().unwrap()).is_some());
+    }
     use super::*;
 
     #[test]
