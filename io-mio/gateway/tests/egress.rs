@@ -859,3 +859,81 @@ fn a_java_partner_that_does_not_trust_us_gives_502_naming_the_alert() {
     );
     assert_eq!(java.connections(), 1, "{}", java.stdout());
 }
+
+#[test]
+fn a_partner_that_closes_idle_connections_costs_no_failed_request() {
+    let pki = two_partner_pki();
+    // The partner closes a connection idle for a second; the proxy would keep it for 30.
+    let a = partner(&pki, "partner-a.example", &["--idle-timeout", "1"]);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let gw = egress(&two_partner_file(
+        &pki,
+        &format!("metrics = \"{metrics}\""),
+        Some(&a),
+        None,
+        None,
+    ));
+    let url = format!(
+        "http://partner-a.example:{}/logistics-objects/1",
+        a.addr.port()
+    );
+    let o = curl(&gw, &url, &[]);
+    assert_eq!(code(&o), 200, "{}", text(&o));
+    // Twice: the partner closes the pooled connection after its idle timeout, and the next
+    // request, sent as soon as it has, still succeeds (the proxy saw the close, or retries
+    // the request it could not send on a new connection).
+    for closed in 1..=2 {
+        let n = a.wait_for_count("end=idle_timeout", closed, Duration::from_secs(10));
+        assert_eq!(
+            n,
+            closed,
+            "the partner did not close the idle connection:\n{}",
+            a.log()
+        );
+        let o = curl(&gw, &url, &[]);
+        assert_eq!(code(&o), 200, "after idle close {closed}: {}", text(&o));
+    }
+    // Three connections, the two after the first resumed.
+    let log = a.log();
+    let accepted: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("onerecord::access] accepted"))
+        .collect();
+    assert_eq!(accepted.len(), 3, "{log}");
+    assert!(accepted[0].contains("resumed=false"), "{log}");
+    assert!(
+        accepted[1..].iter().all(|l| l.contains("resumed=true")),
+        "a connection after an idle close was not resumed:\n{log}"
+    );
+    let dest = format!("partner-a.example:{}", a.addr.port());
+    let m = scrape(metrics.parse().unwrap());
+    let series = |name: &str| format!("{name}{{destination=\"{dest}\"");
+    assert_eq!(
+        sample(
+            &m,
+            &format!("{}}}", series("onerecord_egress_requests_total"))
+        ),
+        Some(3),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            &format!(
+                "{},kind=\"resumed\"}}",
+                series("onerecord_egress_handshakes_total")
+            )
+        ),
+        Some(2),
+        "{m}"
+    );
+    // No request failed, not even one the proxy retried.
+    let failures = series("onerecord_egress_failures_total");
+    assert!(
+        m.lines()
+            .filter(|l| l.starts_with(&failures))
+            .all(|l| l.ends_with(" 0")),
+        "{m}"
+    );
+    assert!(!gw.log().contains("WARN"), "{}", gw.log());
+}
