@@ -702,6 +702,18 @@ impl JavaPartner {
             .filter(|l| l.starts_with("CONNECTION "))
             .count()
     }
+
+    /// Wait (bounded) until it printed `needle`; whether it did.
+    fn printed(&self, needle: &str, within: Duration) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < within {
+            if self.stdout().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
 }
 
 impl Drop for JavaPartner {
@@ -818,8 +830,10 @@ fn a_java_partner_that_does_not_trust_us_gives_502_naming_the_alert() {
     );
     // The partner refused it for its trust store, as it says.
     assert!(
-        java.stdout()
-            .contains("FAILED javax.net.ssl.SSLHandshakeException: PKIX path"),
+        java.printed(
+            "FAILED javax.net.ssl.SSLHandshakeException: PKIX path",
+            Duration::from_secs(10)
+        ),
         "{}",
         java.stdout()
     );
