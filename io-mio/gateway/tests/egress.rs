@@ -856,8 +856,8 @@ fn a_java_partner_that_does_not_trust_us_gives_502_naming_the_alert() {
         "{m}"
     );
 
-    // The JDK's HttpsServer refuses the same way but, up to JDK 21 (JDK-8315436), closes the
-    // connection without sending the alert (in TLS 1.3, after our Finished): still a 502
+    // The JDK's HttpsServer refuses the same way but, without the fix for JDK-8315436 (JDK 22;
+    // JDK 17.0.15 lacks it), closes the connection without sending the alert (in TLS 1.3, after our Finished): still a 502
     // naming the partner, with the alert when the JDK sent it.
     let java = JavaPartner::start(&pki, "server", "other-ca.pem", "httpserver");
     let gw = egress_to_localhost(&pki, java.port, &[]);

@@ -51,9 +51,9 @@ import javax.net.ssl.TrustManagerFactory;
  *
  * Usage: java HttpsPartner CERT_PEM KEY_PEM TRUSTED_CA_PEM [httpserver|sslsocket]
  *   KEY_PEM is an unencrypted PKCS#8 EC or RSA key; TRUSTED_CA_PEM the client CAs it trusts.
- *   `httpserver` (the default) is `com.sun.net.httpserver.HttpsServer`. Up to JDK 21 it closes
- *   a connection whose handshake failed without sending the fatal alert JSSE produced
- *   (JDK-8315436, fixed in JDK 22). `sslsocket` serves the same answers over JSSE's
+ *   `httpserver` (the default) is `com.sun.net.httpserver.HttpsServer`. Without the fix for
+ *   JDK-8315436 (JDK 22; JDK 17.0.15 lacks it) it closes a connection whose handshake failed
+ *   without sending the fatal alert JSSE produced. `sslsocket` serves the same answers over JSSE's
  *   `SSLServerSocket` (as blocking Java servers do), which sends the alert: a partner that
  *   refuses our certificate and says why.
  */
