@@ -632,3 +632,322 @@ fn readme_egress_example_passes_check() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
 }
+
+/// A partner's Java server: `tests/java/HttpsPartner.java` (client certificates required, TLS
+/// 1.3 and 1.2) on loopback, killed on drop. It prints a `CONNECTION` line for each connection
+/// it accepts, which `connections` counts.
+struct JavaPartner {
+    child: std::process::Child,
+    port: u16,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl JavaPartner {
+    /// Start it with certificate `name`.pem/.key, trusting the client CAs in `trusted`, on
+    /// `engine`: `httpserver` (the JDK's `HttpsServer`) or `sslsocket` (JSSE's
+    /// `SSLServerSocket`, which sends the fatal alert of a refused handshake).
+    fn start(pki: &Pki, name: &str, trusted: &str, engine: &str) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::Stdio;
+        let mut child = Command::new("java")
+            .arg("-cp")
+            .arg(common::java_classes("HttpsPartner"))
+            .arg("HttpsPartner")
+            .args([
+                pki.path(&format!("{name}.pem")),
+                pki.path(&format!("{name}.key")),
+                pki.path(trusted),
+                engine.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("java");
+        let stdout = child.stdout.take().unwrap();
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let o2 = out.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(p) = line.strip_prefix("PORT ") {
+                    let _ = port_tx.send(p.trim().parse::<u16>().ok());
+                }
+                let mut o = o2.lock().unwrap();
+                o.push_str(&line);
+                o.push('\n');
+            }
+        });
+        let mut partner = Self {
+            child,
+            port: 0,
+            out,
+        };
+        partner.port = port_rx
+            .recv_timeout(Duration::from_secs(60))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("HttpsPartner did not listen: {}", partner.stdout()));
+        partner
+    }
+
+    /// What it printed so far.
+    fn stdout(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Connections it accepted so far.
+    fn connections(&self) -> usize {
+        self.stdout()
+            .lines()
+            .filter(|l| l.starts_with("CONNECTION "))
+            .count()
+    }
+
+    /// Wait (bounded) until it printed `needle`; whether it did.
+    fn printed(&self, needle: &str, within: Duration) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < within {
+            if self.stdout().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for JavaPartner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The egress proxy on one worker (one pool), presenting the PKI's `client` certificate,
+/// allowed to reach `localhost`, which it finds on loopback at `port`.
+fn egress_to_localhost(pki: &Pki, port: u16, extra: &[&str]) -> Gateway {
+    let (ca, cert, key) = (
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key"),
+    );
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let mut args = vec![
+        "--ca",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--allow-destination",
+        "localhost",
+        "--resolve",
+        &resolve,
+        "--workers",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    Gateway::start("client", &args)
+}
+
+/// The value of `name: value` in the Java partner's answer.
+fn field<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+}
+
+#[test]
+fn a_java_https_partner_with_need_client_auth_sees_our_certificate_over_reused_connections() {
+    let pki = Pki::new();
+    let java = JavaPartner::start(&pki, "server", "ca.pem", "httpserver");
+    let gw = egress_to_localhost(&pki, java.port, &[]);
+    // Our certificate's subject as openssl prints it (RFC 2253, as Java names it).
+    let o = Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in"])
+        .arg(pki.path("client.pem"))
+        .output()
+        .expect("openssl x509");
+    let subject = String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .strip_prefix("subject=")
+        .unwrap_or_else(|| panic!("openssl x509: {}", text(&o)))
+        .to_string();
+    assert!(subject.contains("CN=acme-cargo"), "{subject}");
+    const N: usize = 12;
+    let mut remotes = std::collections::BTreeSet::new();
+    for i in 0..N {
+        let url = format!("http://localhost:{}/logistics-objects/{i}", java.port);
+        let o = curl(&gw, &url, &[]);
+        assert_eq!(code(&o), 200, "{url}: {}", text(&o));
+        let body = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert_eq!(field(&body, "subject"), Some(subject.as_str()), "{body}");
+        // Origin form, and the Host the absolute URL named.
+        assert_eq!(
+            field(&body, "request"),
+            Some(format!("GET /logistics-objects/{i} HTTP/1.1").as_str()),
+            "{body}"
+        );
+        assert_eq!(
+            field(&body, "host"),
+            Some(format!("[localhost:{}]", java.port).as_str()),
+            "{body}"
+        );
+        assert!(
+            matches!(field(&body, "tls"), Some("TLSv1.3" | "TLSv1.2")),
+            "{body}"
+        );
+        remotes.insert(field(&body, "remote").unwrap_or_default().to_string());
+    }
+    let tls = java.connections();
+    assert!(
+        tls >= 1 && tls * 4 <= N,
+        "{N} requests from separate curl processes made {tls} TLS connections to the Java \
+         partner:\n{}",
+        java.stdout()
+    );
+    // The requests came over as many TCP connections as the partner counted, or fewer.
+    assert!(remotes.len() <= tls, "{remotes:?} over {tls} connections");
+}
+
+#[test]
+fn a_java_partner_that_does_not_trust_us_gives_502_naming_the_alert() {
+    let pki = Pki::new();
+    // Its trust store holds another CA: our certificate does not chain to it. JSSE refuses
+    // it with a fatal alert, which the SSLServerSocket engine sends.
+    let java = JavaPartner::start(&pki, "server", "other-ca.pem", "sslsocket");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let gw = egress_to_localhost(&pki, java.port, &["--metrics", &metrics]);
+    let dest = format!("localhost:{}", java.port);
+    let o = curl(&gw, &format!("http://{dest}/logistics-objects/1"), &[]);
+    assert_eq!(code(&o), 502, "{}", text(&o));
+    // JSSE names an untrusted certificate path certificate_unknown.
+    let said = format!("{dest} refused our certificate: certificate_unknown");
+    assert!(
+        text(&o).contains(&said),
+        "the body does not say {said:?}: {}",
+        text(&o)
+    );
+    // The partner refused it for its trust store, as it says.
+    assert!(
+        java.printed(
+            "FAILED javax.net.ssl.SSLHandshakeException: PKIX path",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        java.stdout()
+    );
+    gw.wait_for_log("certificate_unknown", Duration::from_secs(10));
+    let log = gw.log();
+    let warn = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("onerecord::partner"))
+        .unwrap_or_else(|| panic!("no WARN onerecord::partner line:\n{log}"));
+    assert!(warn.contains(&said), "{warn}");
+    let m = scrape(metrics.parse().unwrap());
+    assert_eq!(
+        sample(
+            &m,
+            &format!(
+                "onerecord_egress_failures_total{{destination=\"{dest}\",reason=\"refused\"}}"
+            )
+        ),
+        Some(1),
+        "{m}"
+    );
+
+    // The JDK's HttpsServer refuses the same way but, without the fix for JDK-8315436 (JDK 22;
+    // JDK 17.0.15 lacks it), closes the connection without sending the alert (in TLS 1.3, after our Finished): still a 502
+    // naming the partner, with the alert when the JDK sent it.
+    let java = JavaPartner::start(&pki, "server", "other-ca.pem", "httpserver");
+    let gw = egress_to_localhost(&pki, java.port, &[]);
+    let dest = format!("localhost:{}", java.port);
+    let o = curl(&gw, &format!("http://{dest}/logistics-objects/1"), &[]);
+    assert_eq!(code(&o), 502, "{}", text(&o));
+    let body = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        body.starts_with(&format!(
+            "{dest} refused our certificate: certificate_unknown"
+        )) || body.starts_with(&format!("{dest} TLS failed: connection closed")),
+        "{body}"
+    );
+    assert_eq!(java.connections(), 1, "{}", java.stdout());
+}
+
+#[test]
+fn a_partner_that_closes_idle_connections_costs_no_failed_request() {
+    let pki = two_partner_pki();
+    // The partner closes a connection idle for a second; the proxy would keep it for 30.
+    let a = partner(&pki, "partner-a.example", &["--idle-timeout", "1"]);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let gw = egress(&two_partner_file(
+        &pki,
+        &format!("metrics = \"{metrics}\""),
+        Some(&a),
+        None,
+        None,
+    ));
+    let url = format!(
+        "http://partner-a.example:{}/logistics-objects/1",
+        a.addr.port()
+    );
+    let o = curl(&gw, &url, &[]);
+    assert_eq!(code(&o), 200, "{}", text(&o));
+    // Twice: the partner closes the pooled connection after its idle timeout, and the next
+    // request, sent as soon as it has, still succeeds (the proxy saw the close, or retries
+    // the request it could not send on a new connection).
+    for closed in 1..=2 {
+        let n = a.wait_for_count("end=idle_timeout", closed, Duration::from_secs(10));
+        assert_eq!(
+            n,
+            closed,
+            "the partner did not close the idle connection:\n{}",
+            a.log()
+        );
+        let o = curl(&gw, &url, &[]);
+        assert_eq!(code(&o), 200, "after idle close {closed}: {}", text(&o));
+    }
+    // Three connections, the two after the first resumed.
+    let log = a.log();
+    let accepted: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("onerecord::access] accepted"))
+        .collect();
+    assert_eq!(accepted.len(), 3, "{log}");
+    assert!(accepted[0].contains("resumed=false"), "{log}");
+    assert!(
+        accepted[1..].iter().all(|l| l.contains("resumed=true")),
+        "a connection after an idle close was not resumed:\n{log}"
+    );
+    let dest = format!("partner-a.example:{}", a.addr.port());
+    let m = scrape(metrics.parse().unwrap());
+    let series = |name: &str| format!("{name}{{destination=\"{dest}\"");
+    assert_eq!(
+        sample(
+            &m,
+            &format!("{}}}", series("onerecord_egress_requests_total"))
+        ),
+        Some(3),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            &format!(
+                "{},kind=\"resumed\"}}",
+                series("onerecord_egress_handshakes_total")
+            )
+        ),
+        Some(2),
+        "{m}"
+    );
+    // No request failed, not even one the proxy retried.
+    let failures = series("onerecord_egress_failures_total");
+    assert!(
+        m.lines()
+            .filter(|l| l.starts_with(&failures))
+            .all(|l| l.ends_with(" 0")),
+        "{m}"
+    );
+    assert!(!gw.log().contains("WARN"), "{}", gw.log());
+}
