@@ -1,7 +1,8 @@
 //! The egress proxy (`client` without `--connect`) against the real binary and real peers:
 //! curl (`-x`) and a Java application (`-Dhttp.proxyHost`) are the local application; the
 //! partners are the gateway binary itself in server mode with `--require-client-cert` (its
-//! identity responder answers with the client certificate it verified). Partner names
+//! identity responder answers with the client certificate it verified) and a Java HTTPS
+//! server with `needClientAuth` (`tests/java/HttpsPartner.java`). Partner names
 //! (`partner-a.example`, ...) reach loopback through each `[[partner]]`'s `address`; the
 //! gateway's log and its metrics endpoint show what the proxy did.
 
@@ -868,7 +869,9 @@ fn a_java_partner_that_does_not_trust_us_gives_502_naming_the_alert() {
     assert!(
         body.starts_with(&format!(
             "{dest} refused our certificate: certificate_unknown"
-        )) || body.starts_with(&format!("{dest} TLS failed: connection closed")),
+        )) || body.starts_with(&format!(
+            "{dest} closed the TLS connection without an alert before answering"
+        )),
         "{body}"
     );
     assert_eq!(java.connections(), 1, "{}", java.stdout());

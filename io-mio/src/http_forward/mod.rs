@@ -537,6 +537,15 @@ pub(crate) fn tls_failure(err: &onerecord_tls::Error) -> (u16, &'static str, Str
             "verification",
             format!("failed verification: {}", err.reason()),
         ),
+        // Some servers (the JDK's HttpsServer before JDK 22) refuse a client certificate by
+        // closing without an alert.
+        Reason::UnexpectedEof => (
+            502,
+            "closed",
+            "closed the TLS connection without an alert before answering (a server may do so \
+             when it refuses our certificate)"
+                .to_string(),
+        ),
         _ => (502, "tls", format!("TLS failed: {err}")),
     }
 }
