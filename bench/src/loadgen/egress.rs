@@ -62,8 +62,20 @@ fn client_side(v: &Value) -> Option<f64> {
     Some((own + proxy) / n)
 }
 
+/// How a row's cell combines the runs of its rounds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Agg {
+    /// The median of the value over the rounds.
+    Median,
+    /// The sum over the rounds (counts).
+    Sum,
+    /// Requests of all rounds ÷ partner connections of all rounds.
+    RequestsPerConn,
+}
+
 struct Row {
     concurrency: u64,
+    agg: Agg,
     name: String,
     value: fn(&Value) -> Option<f64>,
     integer: bool,
@@ -75,6 +87,7 @@ fn rows(concurrencies: &[u64]) -> Vec<Row> {
     for &c in concurrencies {
         let row = |name: &str, value, integer, ratio| Row {
             concurrency: c,
+            agg: Agg::Median,
             name: format!("c={c}: {name}"),
             value,
             integer,
@@ -99,22 +112,19 @@ fn rows(concurrencies: &[u64]) -> Vec<Row> {
             true,
             false,
         ));
-        out.push(row(
-            "partner TCP connections",
-            |v| v["partner_conns"].as_f64(),
-            true,
-            false,
-        ));
-        out.push(row(
-            "requests per partner connection",
-            |v| {
-                let n = v["requests"].as_f64()?;
-                let c = v["partner_conns"].as_f64().filter(|c| *c > 0.0)?;
-                Some(n / c)
-            },
-            true,
-            false,
-        ));
+        out.push(Row {
+            agg: Agg::Sum,
+            ..row(
+                "partner TCP conns, all rounds",
+                |v| v["partner_conns"].as_f64(),
+                true,
+                false,
+            )
+        });
+        out.push(Row {
+            agg: Agg::RequestsPerConn,
+            ..row("requests per partner conn", |_| None, true, false)
+        });
     }
     out
 }
@@ -144,15 +154,28 @@ pub fn render(lines: &[Value]) -> String {
     }
     concurrencies.sort_unstable();
     let cell = |kind: &str, row: &Row| -> Option<f64> {
-        median(
-            lines
-                .iter()
-                .filter(|v| {
-                    s(v, "label") == kind && v["concurrency"].as_u64() == Some(row.concurrency)
-                })
-                .filter_map(|v| (row.value)(v))
-                .collect(),
-        )
+        let runs = || {
+            lines.iter().filter(|v| {
+                s(v, "label") == kind && v["concurrency"].as_u64() == Some(row.concurrency)
+            })
+        };
+        let sum = |k: &str| {
+            let x: Vec<f64> = runs().filter_map(|v| v[k].as_f64()).collect();
+            (!x.is_empty()).then(|| x.iter().sum::<f64>())
+        };
+        match row.agg {
+            Agg::Median => median(runs().filter_map(|v| (row.value)(v)).collect()),
+            Agg::Sum => {
+                let x: Vec<f64> = runs().filter_map(|v| (row.value)(v)).collect();
+                (!x.is_empty()).then(|| x.iter().sum())
+            }
+            Agg::RequestsPerConn => {
+                let (n, c) = (sum("requests")?, sum("partner_conns")?);
+                // Warm-up requests are not counted; a pool that opened nothing in the
+                // measured runs shows as "all on connections opened before".
+                Some(if c > 0.0 { n / c } else { f64::INFINITY })
+            }
+        }
     };
     let (first, width, rw) = (36, 11, 18);
     let mut out = format!(
@@ -176,6 +199,7 @@ pub fn render(lines: &[Value]) -> String {
         for v in &values {
             let c = match v {
                 None => "n/a".to_string(),
+                Some(x) if x.is_infinite() => "all reused".to_string(),
                 Some(x) if row.integer => format!("{x:.0}"),
                 Some(x) => fmt_num(*x),
             };
@@ -267,9 +291,10 @@ mod tests {
         let p = line(&t, "c=8: partner CPU");
         assert_eq!(p[4..8], ["9.00", "600", "250", "8.00"], "{t}");
         assert_eq!(p[8], "0.015", "{t}");
-        let pc = line(&t, "c=8: partner TCP connections");
-        assert_eq!(pc[4..], ["4", "1000", "1000", "1000"], "{t}");
-        let rp = line(&t, "c=8: requests per partner connection");
+        // Connections are summed over the rounds; requests per connection are totals.
+        let pc = line(&t, "c=8: partner TCP conns, all rounds");
+        assert_eq!(pc[6..], ["12", "3000", "3000", "3000"], "{t}");
+        let rp = line(&t, "c=8: requests per partner conn");
         assert_eq!(rp[5..], ["250", "1", "1", "1"], "{t}");
         assert!(t.contains("median of 3 round(s)"), "{t}");
         assert!(t.contains("target: pooled÷full <= 0.02 (1/50)"), "{t}");
@@ -290,6 +315,11 @@ mod tests {
         assert_eq!(c[4..], ["8.00", "n/a", "n/a", "n/a", "n/a", "n/a"], "{t}");
         let c = line(&t, "c=64: client CPU");
         assert_eq!(c[4..9], ["10.0", "500", "n/a", "n/a", "0.020"], "{t}");
+        let mut reused = run(POOLED, 8, 1, 4.0, Some(4.0), 9.0);
+        reused["partner_conns"] = json!(0);
+        let t2 = render(&[reused]);
+        let rp = line(&t2, "c=8: requests per partner conn");
+        assert_eq!(rp[5..], ["all", "reused", "n/a", "n/a", "n/a"], "{t2}");
         let f = line(&t, "failures");
         assert_eq!(f[3..], ["0", "2", "0", "0"], "{t}");
         assert_eq!(render(&[]), "no egress results\n");
