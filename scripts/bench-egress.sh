@@ -23,7 +23,7 @@
 # a cell of the table is the median over the rounds (`onerecord-loadgen --egress-table`).
 #
 #   bash scripts/bench-egress.sh           # 3 rounds, c = 8 and 64, 4 s per run (about 3 minutes)
-#   bash scripts/bench-egress.sh --quick   # one round of 1 s runs (under a minute)
+#   bash scripts/bench-egress.sh --quick   # one round of 1 s runs (about 20 s)
 #
 # Options: --quick, --rounds N (3), --concurrency "8 64", --duration T (4), --out FILE (JSON
 # lines kept), --no-build. TLS 1.3 is what every path negotiates.
@@ -48,7 +48,7 @@ while [ $# -gt 0 ]; do
         --duration) duration="$2"; shift ;;
         --out) out="$2"; shift ;;
         --no-build) build=0 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
         *) echo "bench-egress: unknown option $1" >&2; exit 2 ;;
     esac
     shift
