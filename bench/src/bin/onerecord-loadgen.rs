@@ -7,8 +7,11 @@
 //!     onerecord-loadgen --connect 127.0.0.1:8443 --ca DIR/ca.pem [--cert DIR/client.pem
 //!         --key DIR/client.key] --mode full|resumed|keepalive|idle --concurrency 16
 //!         --duration 5 [--idle 10000] [--server-pid PID]... [--tls12|--tls13] [--json]
+//!     onerecord-loadgen --proxy 127.0.0.1:3128 --connect 127.0.0.1:8443 --concurrency 8
+//!         --duration 5 [--server-pid PID]... [--proxy-pid PID]... [--json]
 //!     onerecord-loadgen --table results.jsonl
 //!     onerecord-loadgen --frontdoor-table frontdoor.jsonl
+//!     onerecord-loadgen --egress-table egress.jsonl
 //!
 //! Exit status: 0 when every connection and request succeeded, 1 when some failed (the report
 //! is printed either way), 2 on bad arguments or when nothing could be measured.
@@ -49,13 +52,13 @@ enum ModeArg {
 #[command(name = "onerecord-loadgen", version, about)]
 struct Cli {
     /// Server address (HOST:PORT, loopback).
-    #[arg(long, value_name = "ADDR", required_unless_present_any = ["gen_pki", "table", "frontdoor_table"])]
+    #[arg(long, value_name = "ADDR", required_unless_present_any = ["gen_pki", "table", "frontdoor_table", "egress_table"])]
     connect: Option<SocketAddr>,
     /// Name sent as SNI and verified in the server certificate.
     #[arg(long, value_name = "NAME", default_value = "localhost")]
     server_name: String,
     /// CA bundle that verifies the server.
-    #[arg(long, value_name = "FILE", required_unless_present_any = ["gen_pki", "table", "frontdoor_table"])]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["gen_pki", "table", "frontdoor_table", "egress_table", "proxy"])]
     ca: Option<PathBuf>,
     /// Client certificate chain (mTLS).
     #[arg(long, value_name = "FILE", requires = "key")]
@@ -84,6 +87,16 @@ struct Cli {
     /// Server process whose CPU (utime + stime) and RSS are read; repeat to sum several.
     #[arg(long, value_name = "PID")]
     server_pid: Vec<u32>,
+    /// Load an HTTP forward proxy at ADDR instead (the egress gateway): plain kept-alive
+    /// HTTP/1.1 connections (`--concurrency`), each sending `GET http://NAME:PORT/PATH` one
+    /// request after another, NAME from `--server-name` and PORT from `--connect` (the
+    /// partner behind the proxy). No TLS on this side; `--mode`, `--ca`, `--cert` are unused.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["cert", "tls12", "tls13"])]
+    proxy: Option<SocketAddr>,
+    /// With `--proxy`: a process of the proxy whose CPU is read and reported apart (the client
+    /// side of the network); repeat to sum several.
+    #[arg(long, value_name = "PID", requires = "proxy")]
+    proxy_pid: Vec<u32>,
     /// Bound on one connect, handshake or request, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     timeout: f64,
@@ -106,6 +119,10 @@ struct Cli {
     /// reports and exit.
     #[arg(long, value_name = "FILE", exclusive = true)]
     frontdoor_table: Option<PathBuf>,
+    /// Print the egress table (pooled through the proxy against new connections, medians
+    /// over rounds) of a file of JSON reports and exit.
+    #[arg(long, value_name = "FILE", exclusive = true)]
+    egress_table: Option<PathBuf>,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -173,6 +190,9 @@ fn main() -> ExitCode {
     if let Some(path) = &cli.frontdoor_table {
         return table(path, loadgen::frontdoor::render);
     }
+    if let Some(path) = &cli.egress_table {
+        return table(path, loadgen::egress::render);
+    }
     let run = || -> Result<Report, String> {
         let addr = cli.connect.ok_or("--connect is required")?;
         if cli.concurrency == 0 || cli.concurrency > MAX_CONNECTIONS {
@@ -182,26 +202,39 @@ fn main() -> ExitCode {
             return Err(format!("--idle must be in 1..={MAX_CONNECTIONS}"));
         }
         let mode = match cli.mode {
+            _ if cli.proxy.is_some() => Mode::Proxy,
             ModeArg::Full => Mode::Full,
             ModeArg::Resumed => Mode::Resumed,
             ModeArg::Keepalive => Mode::Keepalive,
             ModeArg::Idle => Mode::Idle,
         };
+        let request = match cli.proxy {
+            Some(_) => loadgen::plain::proxy_request(
+                &format!("{}:{}", cli.server_name, addr.port()),
+                &cli.path,
+            ),
+            None => format!(
+                "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: onerecord-loadgen\r\n\r\n",
+                cli.path, cli.server_name
+            )
+            .into_bytes(),
+        };
         let cfg = Config {
-            addr,
+            addr: cli.proxy.unwrap_or(addr),
             server_name: cli.server_name.clone(),
             mode,
             concurrency: cli.concurrency,
             duration: seconds(cli.duration, "--duration", MAX_DURATION)?,
             idle: cli.idle,
             io_timeout: seconds(cli.timeout, "--timeout", 600.0)?,
-            request: format!(
-                "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: onerecord-loadgen\r\n\r\n",
-                cli.path, cli.server_name
-            )
-            .into_bytes(),
+            request,
             server_pids: cli.server_pid.clone(),
+            proxy_pids: cli.proxy_pid.clone(),
         };
+        if mode == Mode::Proxy {
+            let outcome = loadgen::plain::run(&cfg)?;
+            return Ok(Report::new(cli.label.clone(), &cfg, false, outcome));
+        }
         let base = client_policy(&cli)?;
         let slots = if mode == Mode::Idle {
             cli.idle

@@ -38,6 +38,9 @@ pub enum Mode {
     Keepalive,
     /// `--idle` established connections held open: the server's memory per connection.
     Idle,
+    /// Plain HTTP/1.1 kept-alive connections to a forward proxy, absolute-form requests
+    /// ([`super::plain`]): the application side of the egress proxy.
+    Proxy,
 }
 
 impl Mode {
@@ -48,6 +51,7 @@ impl Mode {
             Self::Resumed => "resumed",
             Self::Keepalive => "keepalive",
             Self::Idle => "idle",
+            Self::Proxy => "proxy",
         }
     }
 }
@@ -73,6 +77,9 @@ pub struct Config {
     pub request: Vec<u8>,
     /// Server processes whose CPU and RSS are read (summed).
     pub server_pids: Vec<u32>,
+    /// `proxy` mode: processes of the forward proxy whose CPU is read (summed); they are on
+    /// the client's side of the network.
+    pub proxy_pids: Vec<u32>,
 }
 
 /// What a run measured.
@@ -99,6 +106,9 @@ pub struct Outcome {
     pub server_cpu_us: Option<u64>,
     /// Client (this process) CPU over the window (µs).
     pub client_cpu_us: Option<u64>,
+    /// `proxy` mode: CPU of the proxy processes over the window (µs), when `proxy_pids` was
+    /// given.
+    pub proxy_cpu_us: Option<u64>,
     /// Server RSS at the end (bytes).
     pub server_rss_end: Option<u64>,
     /// `idle`: server RSS before the first idle connection (bytes).
@@ -213,6 +223,9 @@ pub fn policies(
 pub fn run(cfg: &Config, policies: Vec<ClientPolicy>) -> Result<Outcome, String> {
     if cfg.concurrency == 0 || policies.is_empty() {
         return Err("concurrency must be at least 1".into());
+    }
+    if cfg.mode == Mode::Proxy {
+        return super::plain::run(cfg);
     }
     let slots = if cfg.mode == Mode::Idle {
         cfg.idle.max(1)
@@ -476,7 +489,7 @@ impl Driver<'_> {
         let keep_alive = c.resp.keep_alive();
         let since = match self.cfg.mode {
             Mode::Full | Mode::Resumed => c.opened,
-            Mode::Keepalive | Mode::Idle => c.sent_at,
+            Mode::Keepalive | Mode::Idle | Mode::Proxy => c.sent_at,
         };
         let latency = u32::try_from(now.duration_since(since).as_micros()).unwrap_or(u32::MAX);
         let counted = match self.phase {

@@ -28,6 +28,11 @@ fn percentile(sorted: &[u32], p: f64) -> Option<u32> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
+/// CPU on the client's side of the network: this process plus the proxy's (when measured).
+fn client_side(o: &Outcome) -> Option<u64> {
+    Some(o.client_cpu_us? + o.proxy_cpu_us.unwrap_or(0))
+}
+
 fn per(total: Option<u64>, n: u64) -> Option<f64> {
     let t = total?;
     (n > 0).then(|| t as f64 / n as f64)
@@ -67,7 +72,7 @@ impl Report {
             }
             _ => None,
         };
-        let per_conn_unit = if self.mode == Mode::Keepalive {
+        let per_conn_unit = if matches!(self.mode, Mode::Keepalive | Mode::Proxy) {
             None
         } else {
             per(o.server_cpu_us, o.connections)
@@ -75,7 +80,11 @@ impl Report {
         json!({
             "label": self.label,
             "mode": self.mode.name(),
-            "auth": if self.mtls { "mtls" } else { "tls" },
+            "auth": match (self.mode, self.mtls) {
+                (Mode::Proxy, _) => "plain",
+                (_, true) => "mtls",
+                (_, false) => "tls",
+            },
             "version": o.negotiated.as_ref().map(|n| n.0.clone()),
             "suite": o.negotiated.as_ref().map(|n| n.1.clone()),
             "concurrency": self.concurrency,
@@ -97,6 +106,9 @@ impl Report {
             "server_cpu_us_per_req": per(o.server_cpu_us, o.requests),
             "client_cpu_us": o.client_cpu_us,
             "client_cpu_us_per_req": per(o.client_cpu_us, o.requests),
+            "proxy_cpu_us": o.proxy_cpu_us,
+            "proxy_cpu_us_per_req": per(o.proxy_cpu_us, o.requests),
+            "client_side_cpu_us_per_req": per(client_side(o), o.requests),
             "server_rss_end": o.server_rss_end,
             "server_rss_baseline": o.server_rss_baseline,
             "server_rss_opened": o.server_rss_opened,
@@ -174,6 +186,13 @@ impl Report {
         );
         line("server CPU per request (µs)", f("server_cpu_us_per_req"));
         line("client CPU per request (µs)", f("client_cpu_us_per_req"));
+        if self.mode == Mode::Proxy {
+            line("proxy CPU per request (µs)", f("proxy_cpu_us_per_req"));
+            line(
+                "client+proxy CPU per request (µs)",
+                f("client_side_cpu_us_per_req"),
+            );
+        }
         line("server RSS at end (bytes)", f("server_rss_end"));
         if self.mode == Mode::Idle {
             line("server RSS baseline (bytes)", f("server_rss_baseline"));
