@@ -631,6 +631,26 @@ fn check_site(s: &Site) -> Result<(), ConfigFail> {
             s.upstream.as_deref().unwrap_or_default()
         )));
     }
+    // The HTTP mode and the identity responder speak HTTP/1.x: a client that negotiated h2
+    // (or anything else) would get a 400 for its first bytes.
+    if http || s.upstream.is_none() {
+        if let Some(p) = s
+            .alpn
+            .iter()
+            .find(|p| !matches!(p.as_str(), "http/1.1" | "http/1.0"))
+        {
+            let what = if http {
+                "the HTTP mode"
+            } else {
+                "the identity responder (no upstream)"
+            };
+            return Err(ConfigFail(format!(
+                "{}: {p:?}: {what} speaks HTTP/1.1 only; offer \"http/1.1\" (or no ALPN), or \
+                 use a byte-stream upstream (HOST:PORT) for other protocols",
+                l.of("alpn")
+            )));
+        }
+    }
     if !http {
         let http_only = [
             ("client_cert_header", s.client_cert_header.is_some()),

@@ -324,7 +324,9 @@ struct ServerArgs {
     /// Accept the client key with this SPKI SHA-256 (hex; repeatable).
     #[arg(long, value_name = "HEX")]
     allow_spki: Vec<String>,
-    /// ALPN protocols to accept, in preference order (e.g. h2, http/1.1).
+    /// ALPN protocols to accept, in preference order (e.g. h2, http/1.1). The HTTP mode and
+    /// the identity responder speak HTTP/1.1: with them only http/1.1 and http/1.0 (exit 2
+    /// otherwise); a byte-stream upstream may take any.
     #[arg(long, value_name = "PROTO")]
     alpn: Vec<String>,
     /// Where decrypted connections go (default: answer with the identity). `http://HOST:PORT`

@@ -51,6 +51,11 @@ impl Drop for JavaApp {
 /// The gateway in HTTP mode in front of `app`, client certificates requested (`require`:
 /// required).
 fn front_door(pki: &Pki, app: &JavaApp, require: bool) -> Gateway {
+    front_door_with(pki, app, require, &[])
+}
+
+/// [`front_door`] with `extra` flags.
+fn front_door_with(pki: &Pki, app: &JavaApp, require: bool, extra: &[&str]) -> Gateway {
     let upstream = format!("http://127.0.0.1:{}", app.port);
     let mut args = vec![
         "--upstream",
@@ -61,6 +66,7 @@ fn front_door(pki: &Pki, app: &JavaApp, require: bool) -> Gateway {
     if require {
         args.push("--require-client-cert");
     }
+    args.extend_from_slice(extra);
     Gateway::server_with_ca(pki, &args)
 }
 
@@ -173,4 +179,33 @@ fn large_uploads_stream_through_to_java_with_content_length_and_chunked() {
         );
         assert_eq!(field(&answer, "body-sha256"), want, "chunked={chunked}");
     }
+}
+
+#[test]
+fn a_client_offering_h2_gets_http_1_1_by_alpn_and_is_served() {
+    let pki = Pki::new();
+    let app = JavaApp::start();
+    let gw = front_door_with(&pki, &app, true, &["--alpn", "http/1.1"]);
+    // curl offers h2 and http/1.1; the gateway picks http/1.1, the only one it serves.
+    let out = Command::new("curl")
+        .args(["-sS", "-v", "--http2", "--max-time", "30"])
+        .args(["--cacert", &pki.path("ca.pem")])
+        .args([
+            "--cert",
+            &pki.path("client.pem"),
+            "--key",
+            &pki.path("client.key"),
+        ])
+        .args([
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", gw.addr.port()),
+        ])
+        .arg(format!("https://localhost:{}/x", gw.addr.port()))
+        .output()
+        .expect("curl");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("ALPN: server accepted http/1.1"), "{all}");
+    let body = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(field(&body, "xfcc-count"), "1", "{body}");
 }

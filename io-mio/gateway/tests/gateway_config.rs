@@ -631,6 +631,12 @@ fn bad_files(pki: &Pki) -> Vec<(&'static str, String, usize, &'static str)> {
             "cert",
         ),
         (
+            "h2 offered by the HTTP mode",
+            site("default = true\nupstream = \"http://127.0.0.1:9\"\nalpn = [\"h2\", \"http/1.1\"]\n"),
+            8,
+            "alpn",
+        ),
+        (
             "an allow rule with client_auth = none",
             site("default = true\nclient_auth = \"none\"\nallow_uri = [\"https://x.example/\"]\n"),
             8,
@@ -792,11 +798,24 @@ fn http_mode_flags_refuse_a_proxy_header_and_need_an_http_upstream() {
         "--key",
         &key,
     ];
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["--upstream", "http://127.0.0.1:9", "--proxy-protocol"],
             "--proxy-protocol",
         ),
+        // HTTP/1.1 only: a client that negotiated h2 would get a 400 for its preface.
+        (
+            &[
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--alpn",
+                "h2",
+                "--alpn",
+                "http/1.1",
+            ],
+            "--alpn",
+        ),
+        (&["--alpn", "h2"], "--alpn"),
         (
             &[
                 "--upstream",
@@ -815,11 +834,18 @@ fn http_mode_flags_refuse_a_proxy_header_and_need_an_http_upstream() {
         assert_eq!(out.status.code(), Some(2), "{extra:?}: {}", text(&out));
         assert!(text(&out).contains(named), "{extra:?}: {}", text(&out));
     }
-    // The byte-stream mode stays HOST:PORT, with a PROXY header if asked.
+    // The byte-stream mode stays HOST:PORT, with a PROXY header if asked, and may offer any
+    // protocol (the upstream speaks it).
     let gw = Running::start_with(
         &[
             &base[..],
-            &["--upstream", "127.0.0.1:9", "--proxy-protocol"],
+            &[
+                "--upstream",
+                "127.0.0.1:9",
+                "--proxy-protocol",
+                "--alpn",
+                "h2",
+            ],
         ]
         .concat(),
         &[],
