@@ -228,7 +228,7 @@ struct ClientToml {
     tls13_only: Option<bool>,
     reload_interval: Option<Spanned<f64>>,
     reuse_port: Option<bool>,
-    alpn: Option<Vec<String>>,
+    alpn: Option<Spanned<Vec<String>>>,
     allow_destination: Option<Spanned<Vec<String>>>,
     resolve: Option<Spanned<Vec<String>>>,
     connect_timeout: Option<Spanned<f64>>,
@@ -406,6 +406,7 @@ impl EgressPlan {
             }
             None => Vec::new(),
         };
+        let alpn = take(&mut keys, "alpn", file.alpn).unwrap_or_default();
         let defaults = PolicyInputs {
             ca: take(&mut keys, "ca", file.ca).map(rel),
             cert: take(&mut keys, "cert", file.cert).map(rel),
@@ -477,7 +478,7 @@ impl EgressPlan {
         let plan = Self {
             listen,
             common,
-            alpn: file.alpn.unwrap_or_default(),
+            alpn,
             allow,
             resolve,
             connect_timeout,
@@ -494,6 +495,19 @@ impl EgressPlan {
     /// The contradictions that need no file read.
     fn check(&self) -> Result<(), ConfigFail> {
         check_inputs(&self.defaults, &self.labels)?;
+        // The proxy speaks HTTP/1.1 to partners: a partner that picked h2 would not understand
+        // the request.
+        if let Some(p) = self
+            .alpn
+            .iter()
+            .find(|p| !matches!(p.as_str(), "http/1.1" | "http/1.0"))
+        {
+            return Err(ConfigFail(format!(
+                "{}: {p:?}: the egress proxy speaks HTTP/1.1 to partners; offer \"http/1.1\" \
+                 (or no ALPN)",
+                self.labels.of("alpn")
+            )));
+        }
         if self.defaults.ca.is_none() && self.partners.is_empty() {
             return Err(ConfigFail(format!(
                 "{}: is required (the CA bundle partners' certificates must chain to)",

@@ -399,7 +399,8 @@ struct ClientArgs {
     /// it covers are refused as soon as it expires.
     #[arg(long, value_name = "SECS", default_value_t = 0, requires = "crl")]
     crl_grace: u64,
-    /// ALPN protocols to offer.
+    /// ALPN protocols to offer. The egress proxy (without --connect) speaks HTTP/1.1 to
+    /// partners: only http/1.1 and http/1.0 there (exit 2 otherwise).
     #[arg(long, value_name = "PROTO")]
     alpn: Vec<String>,
     /// Accept the partner only with a URI SAN under this URI (repeatable; same matching as

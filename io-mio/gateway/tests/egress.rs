@@ -414,6 +414,11 @@ fn every_client_configuration_error_exits_2_naming_the_key_and_its_line() {
             "listen = \"127.0.0.1:0\"\nca = \"ca.pem\"\nallow_destinations = [\"a.example\"]\n",
             ":3:1: unknown field `allow_destinations`",
         ),
+        // h2 offered to partners: the proxy speaks HTTP/1.1 to them.
+        (
+            "listen = \"127.0.0.1:0\"\nca = \"ca.pem\"\nalpn = [\"h2\"]\n",
+            ":3:8: alpn: \"h2\": the egress proxy speaks HTTP/1.1 to partners",
+        ),
         // A certificate without its key.
         (
             "listen = \"127.0.0.1:0\"\nca = \"ca.pem\"\n[[partner]]\nhosts = [\"a.example\"]\n\
