@@ -381,26 +381,11 @@ fn rewrite_reverse(h: Head<'_, '_>, added: &Added) -> Result<Request, Refusal> {
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let cert_name = added.cert_header.as_ref().map(|(n, _)| n.as_str());
-    let mut merged_length = false;
-    for h in headers.iter() {
-        let name = h.name;
-        let named = one_of(name, &f.connection_options) && !one_of(name, FRAMING);
-        if one_of(name, STRIPPED)
-            || named
+    copy_fields(&mut out, headers, &f, minor, |name| {
+        one_of(name, STRIPPED)
             || cert_name.is_some_and(|c| c.eq_ignore_ascii_case(name))
             || name.eq_ignore_ascii_case("x-forwarded-for")
-            || (minor == 0 && name.eq_ignore_ascii_case("expect"))
-        {
-            continue;
-        }
-        if name.eq_ignore_ascii_case("content-length") {
-            if merged_length {
-                continue;
-            }
-            merged_length = true;
-        }
-        push_field(&mut out, h.name, h.value);
-    }
+    });
     if minor == 0 && host.is_some() && f.hosts.is_empty() {
         push_field(
             &mut out,
@@ -484,26 +469,11 @@ fn rewrite_forward(head: &[u8], limits: &HeadLimits) -> Result<Request, Refusal>
         out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         out.extend_from_slice(auth.as_bytes());
         out.extend_from_slice(b"\r\n");
-        let mut merged_length = false;
-        for h in headers.iter() {
-            let name = h.name;
-            let named = one_of(name, &f.connection_options) && !one_of(name, FRAMING);
-            if one_of(name, HOP_BY_HOP)
-                || named
+        copy_fields(&mut out, headers, &f, minor, |name| {
+            one_of(name, HOP_BY_HOP)
                 || starts_with_ci(name, "proxy-")
                 || name.eq_ignore_ascii_case("host")
-                || (minor == 0 && name.eq_ignore_ascii_case("expect"))
-            {
-                continue;
-            }
-            if name.eq_ignore_ascii_case("content-length") {
-                if merged_length {
-                    continue;
-                }
-                merged_length = true;
-            }
-            push_field(&mut out, h.name, h.value);
-        }
+        });
         out.extend_from_slice(b"\r\n");
         Ok(Request {
             head_len: 0,
@@ -600,6 +570,36 @@ impl std::fmt::Display for Dest {
 /// `name` is one of `list`, ignoring ASCII case.
 pub(crate) fn one_of(name: &str, list: &[&str]) -> bool {
     list.iter().any(|l| l.eq_ignore_ascii_case(name))
+}
+
+/// Copy the request's fields to the upstream head `out`, leaving out those `dropped` names,
+/// every field the request's `Connection` names (framing fields excepted), `Expect` from an
+/// HTTP/1.0 client (it has no 100-continue), and repeats of an identical `Content-Length`
+/// (the parser refused differing ones).
+fn copy_fields(
+    out: &mut Vec<u8>,
+    headers: &[httparse::Header<'_>],
+    f: &Fields<'_>,
+    minor: u8,
+    dropped: impl Fn(&str) -> bool,
+) {
+    let mut merged_length = false;
+    for h in headers {
+        let name = h.name;
+        if dropped(name)
+            || (one_of(name, &f.connection_options) && !one_of(name, FRAMING))
+            || (minor == 0 && name.eq_ignore_ascii_case("expect"))
+        {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            if merged_length {
+                continue;
+            }
+            merged_length = true;
+        }
+        push_field(out, h.name, h.value);
+    }
 }
 
 fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
