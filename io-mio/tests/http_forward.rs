@@ -5,9 +5,11 @@
 //! proxy is plain TCP (`Mode::Plain`), as applications' proxy settings speak it. Loopback
 //! only, free ports.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +22,7 @@ use onerecord_tls_mio::{
 };
 use onerecord_tls_tests::{Ca, Identity, LeafSpec};
 use serde_json::Value;
+use support::Upstream;
 
 /// The `onerecord::partner` log lines of this process, as `LEVEL message key=value ...`.
 static PARTNER_LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -135,39 +138,6 @@ impl Pki {
             .require_client_auth(trusted.trust())
             .build(Time::now())
             .expect("partner policy")
-    }
-}
-
-/// The Python upstream, killed on drop.
-struct Upstream {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Upstream {
-    fn start() -> Self {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream/echo_server.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("port line");
-        let port: u16 = line.trim().parse().expect("port");
-        Self {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        }
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
